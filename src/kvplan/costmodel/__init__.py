@@ -1,0 +1,1 @@
+"""Cost model: architecture arithmetic and the vectorized JAX performance model."""

@@ -1,0 +1,1 @@
+"""Search over deployments with Optuna and exhaustive enumeration."""
