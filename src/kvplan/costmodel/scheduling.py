@@ -1,0 +1,504 @@
+"""vLLM v1 scheduling of one replica, in closed form, for one configuration.
+
+The scheduler (vllm/v1/core/sched/scheduler.py) runs running requests first, admits
+waiting ones only while KV blocks, ``max_num_seqs`` and the token budget allow, reserves
+nothing for future output, and preempts the newest running request when a growing one
+needs a block and none is free. This module turns those rules into steady-state and
+phase formulas:
+
+* Running count. A request's context grows from its prompt p to p + o over its o
+  decode rounds, so the running set's mean context is the length-biased mean
+  E[p] + E[o^2] / (2 E[o]). The KV pool holds C / that many requests.
+* Preemption. Admission takes every free block while requests wait, so between two
+  completions the running requests must find their growth, E[o] tokens on average
+  (Little's law), in the watermark's headroom H or by preempting the newest request.
+  Growth between completions is exponential (completions of many requests form a
+  Poisson stream), so preemptions per completion are E[o] exp(-H / E[o]) / victim.
+  Preempted requests wait at the front of the queue, so the newest running request is
+  usually a readmitted victim and holds a typical running context (vLLM PR 44594
+  measured re-prefills of about 3,500 tokens for 1,000-token prompts and 5,000-token
+  outputs, the mean context of a running request).
+* Offline batch. Fill (prefill of the first admissions), steady state while requests
+  wait, and drain (the last running requests finish with a shrinking batch; the
+  longest output sets the end). A replica whose requests are all admitted at once runs
+  as one cohort that time-shares the pool once its KV demand overflows it.
+* Rate and concurrency. Little's law for the running count, a many-server queue
+  approximation for waiting (rate), and the closed-loop identity for clients.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from kvplan.costmodel.hardware import Layout, Memory, StepTime, round_time
+from kvplan.costmodel.inputs import ModelInputs
+
+# Quantiles reported for TTFT, TPOT and end-to-end latency.
+QUANTILES = (0.5, 0.9, 0.99)
+
+# Points of the request-order grid used for latency percentiles.
+ORDER_POINTS = 32
+
+# Alive requests below this count end the drain: the last request has finished.
+LAST_REQUEST_THRESHOLD = 0.5
+
+
+class Moments(NamedTuple):
+    mean_prompt: jnp.ndarray
+    mean_output: jnp.ndarray
+    output_variance: jnp.ndarray
+    running_context: jnp.ndarray  # length-biased mean context of a running request
+    new_request_tokens: jnp.ndarray  # KV tokens of a just-admitted request
+    mean_inverse_output: jnp.ndarray  # E[1 / max(o - 1, 1)]
+
+
+class Latency(NamedTuple):
+    mean: jnp.ndarray
+    p50: jnp.ndarray
+    p90: jnp.ndarray
+    p99: jnp.ndarray
+
+
+class ReplicaResult(NamedTuple):
+    """Predicted behaviour of the whole deployment, from one replica's model."""
+
+    makespan_s: jnp.ndarray  # NaN outside batch mode; replaced before output
+    output_tokens_per_s: jnp.ndarray  # whole deployment
+    ttft: Latency
+    tpot: Latency
+    e2e: Latency
+    peak_kv_usage: jnp.ndarray
+    preemptions: jnp.ndarray  # batch: whole run; other modes: per second
+    preemptions_per_request: jnp.ndarray
+    running_requests: jnp.ndarray  # per replica, steady state
+    step: StepTime  # steady-state round
+    kv_bound: jnp.ndarray
+    budget_bound: jnp.ndarray
+    keeps_up: jnp.ndarray
+    max_arrival_rate_per_s: jnp.ndarray  # whole deployment
+
+
+def workload_moments(inputs: ModelInputs) -> Moments:
+    p = inputs.prompt_values
+    wp = inputs.prompt_probabilities
+    o = inputs.output_values
+    wo = inputs.output_probabilities
+    mean_prompt = jnp.sum(wp * p)
+    mean_output = jnp.sum(wo * o)
+    mean_output_sq = jnp.sum(wo * o * o)
+    half_block = inputs.block_size / 2.0
+    return Moments(
+        mean_prompt=mean_prompt,
+        mean_output=mean_output,
+        output_variance=mean_output_sq - mean_output**2,
+        running_context=mean_prompt + mean_output_sq / (2.0 * mean_output) + half_block,
+        new_request_tokens=mean_prompt + half_block,
+        mean_inverse_output=jnp.sum(wo / jnp.maximum(o - 1.0, 1.0)),
+    )
+
+
+# Expected maximum of n independent standard normal variables, for n = 1, 2, 4, ..., 1024
+# (order statistics tables; Harter, 1961). Interpolated in log2(n).
+_EXPECTED_MAX_OF_NORMALS = (0.0, 0.5642, 1.0294, 1.4236, 1.7660, 2.0697, 2.3412, 2.5848,
+                            2.8045, 3.0042, 3.1874)
+
+
+def expected_max_of_normals(n):
+    table = jnp.asarray(_EXPECTED_MAX_OF_NORMALS)
+    position = jnp.log2(jnp.maximum(n, 1.0))
+    return jnp.interp(position, jnp.arange(table.shape[0], dtype=jnp.float32), table)
+
+
+def preemptions_per_completion(moments: Moments, headroom_tokens):
+    """Preempted requests per completed one when ``headroom_tokens`` are kept free."""
+    growth = moments.mean_output
+    return growth * jnp.exp(-headroom_tokens / growth) / moments.running_context
+
+
+class _Round(NamedTuple):
+    step: StepTime
+    decodes: jnp.ndarray
+    token_time: jnp.ndarray  # seconds between two tokens of one running request
+
+
+def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, moments, thrash):
+    """A round at steady state: ``running`` requests, admissions replacing completions."""
+    decodes = jnp.minimum(running, max_num_batched_tokens)
+    completions = decodes / moments.mean_output
+    prefill = completions * (moments.mean_prompt + thrash * moments.running_context)
+    prefill = jnp.minimum(prefill, jnp.maximum(max_num_batched_tokens - decodes, 0.0))
+    prefill_requests = completions * (1.0 + thrash)
+    prefill_context = 0.5 * (moments.mean_prompt + thrash * moments.running_context) / (1.0 + thrash)
+    step = round_time(inputs, layout, tp, pp, decodes, prefill, prefill_requests,
+                      decodes * moments.running_context, prefill_context)
+    token_time = step.total * running / jnp.maximum(decodes, 1e-9)
+    return _Round(step=step, decodes=decodes, token_time=token_time)
+
+
+def _prefill_round_time(inputs, layout, tp, pp, tokens, mean_prompt):
+    return round_time(inputs, layout, tp, pp, 0.0, tokens, tokens / mean_prompt, 0.0,
+                      mean_prompt / 2.0).total
+
+
+def _weighted_quantiles(values, weights):
+    order = jnp.argsort(values)
+    sorted_values = values[order]
+    cumulative = jnp.cumsum(weights[order])
+    cumulative = cumulative / cumulative[-1]
+    result = []
+    for q in QUANTILES:
+        index = jnp.searchsorted(cumulative, q, side="left")
+        result.append(sorted_values[jnp.clip(index, 0, values.shape[0] - 1)])
+    return result
+
+
+def _latency(mean, values, weights) -> Latency:
+    p50, p90, p99 = _weighted_quantiles(values, weights)
+    return Latency(mean=mean, p50=p50, p90=p90, p99=p99)
+
+
+def _survival(inputs, moments, k, residual):
+    """Share of a cohort still running after ``k`` rounds of age.
+
+    A fresh cohort (all admitted together) survives while o > k; a residual cohort
+    (the running set at a random moment) has residual life density P(O > x) / E[O].
+    """
+    o = inputs.output_values
+    w = inputs.output_probabilities
+    fresh = jnp.sum(w * (o > k))
+    remaining = jnp.sum(w * jnp.maximum(o - k, 0.0)) / moments.mean_output
+    return jnp.where(residual, remaining, fresh)
+
+
+class _Drain(NamedTuple):
+    seconds: jnp.ndarray
+    tokens: jnp.ndarray
+    peak_usage: jnp.ndarray  # peak KV demand over capacity
+    overflow: jnp.ndarray  # requests that did not fit at the peak of KV demand
+    overflow_completions: jnp.ndarray  # completions while some requests waited for KV
+    ages: jnp.ndarray  # [n] output lengths at which ``finish_s`` is given
+    finish_s: jnp.ndarray  # [n] time from the drain's start until a request of that age ends
+
+
+def _drain(inputs, layout, tp, pp, budget, capacity, moments, cohort, residual, thrash) -> _Drain:
+    """Integrate a cohort of ``cohort`` requests running with no further admissions.
+
+    The cohort advances one token per round while it fits. When its KV demand
+    (alive requests x context) exceeds the pool, only capacity / context requests run and
+    the rest wait, so a token of cohort age takes demand / capacity rounds; the budget
+    of ``max_num_batched_tokens`` decodes per round time-shares it the same way. The
+    integral runs over the sorted output lengths and stops when fewer than one request
+    is still alive. While requests wait, each completion readmits them greedily and
+    ``thrash`` preemptions per completion follow, each recomputing a running context.
+    """
+    grid = jnp.concatenate([jnp.zeros(1), jnp.sort(inputs.output_values)])
+    start = grid[:-1]
+    end = grid[1:]
+    middle = 0.5 * (start + end)
+    length = end - start
+
+    survival = jax.vmap(lambda k: _survival(inputs, moments, k, residual))
+    alive_start = cohort * survival(start + 1e-3)
+    alive_end = cohort * survival(jnp.maximum(end - 1e-3, start))
+    alive = cohort * survival(middle)
+
+    # Only the stretch where at least one request is still running counts.
+    crossing = (alive_start - LAST_REQUEST_THRESHOLD) / jnp.maximum(alive_start - alive_end, 1e-9)
+    counted = jnp.where(
+        alive_end >= LAST_REQUEST_THRESHOLD,
+        length,
+        jnp.where(alive_start >= LAST_REQUEST_THRESHOLD, length * jnp.clip(crossing, 0.0, 1.0), 0.0),
+    )
+
+    context = jnp.where(residual, moments.running_context + middle, moments.new_request_tokens + middle)
+    demand = alive * context
+    running = jnp.maximum(jnp.minimum(jnp.minimum(alive, capacity / context), budget), 1.0)
+    rounds_per_token = jnp.maximum(alive / running, 1.0)
+    rounds = jnp.maximum(counted * rounds_per_token, 1e-9)
+
+    overflowing = (demand > capacity) & (counted > 0)
+    overflow = jnp.max(jnp.where(overflowing, (demand - capacity) / context, 0.0))
+    # Requests whose output equals a grid point end at that point's round.
+    completed_in_interval = jnp.maximum(cohort * (survival(start) - survival(end)), 0.0)
+    recomputed = jnp.where(overflowing, completed_in_interval * thrash, 0.0)
+    prefill_per_round = jnp.minimum(recomputed * moments.running_context / rounds,
+                                    jnp.maximum(budget - running, 0.0))
+    step = jax.vmap(
+        lambda d, kv, c, r: round_time(inputs, layout, tp, pp, d, c, r, kv, 0.5 * moments.running_context).total
+    )(running, running * context, prefill_per_round, recomputed / rounds)
+    interval_s = counted * rounds_per_token * step
+    finish = jnp.cumsum(interval_s)
+    return _Drain(
+        seconds=jnp.sum(interval_s),
+        tokens=jnp.sum(counted * alive),
+        peak_usage=jnp.max(jnp.where(counted > 0, demand, 0.0)) / capacity,
+        overflow=overflow,
+        overflow_completions=jnp.sum(jnp.where(overflowing, completed_in_interval, 0.0)),
+        ages=end,
+        finish_s=finish,
+    )
+
+
+def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
+                  max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
+    """Offline batch: every request submitted at t = 0, split evenly over replicas.
+
+    When max_num_seqs and the pool admit the whole replica at once, it runs as one
+    cohort (see ``_drain``). Otherwise it fills, runs at steady state while requests
+    wait, and drains the last running cohort.
+    """
+    moments = workload_moments(inputs)
+    capacity = jnp.maximum(memory.kv_capacity_tokens, 1.0)
+    usable = capacity * (1.0 - inputs.watermark)
+    budget = max_num_batched_tokens
+    requests = jnp.ceil(inputs.num_requests / dp)
+
+    demand = jnp.minimum(max_num_seqs, requests)
+    kv_running = usable / moments.running_context
+    running = jnp.minimum(demand, kv_running)
+    kv_bound = demand > kv_running
+    admitted = jnp.minimum(demand, usable / moments.new_request_tokens)
+    single_cohort = admitted >= requests
+
+    headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
+    thrash = jnp.where(single_cohort, 0.0, preemptions_per_completion(moments, headroom))
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
+    tokens_per_s = steady.decodes / steady.step.total
+
+    # Fill: prefill of the first admissions, in rounds of at most the token budget.
+    fill_tokens = admitted * moments.mean_prompt
+    fill_rounds = jnp.maximum(fill_tokens / budget, 1.0)
+    fill_time = fill_rounds * _prefill_round_time(
+        inputs, layout, tp, pp, fill_tokens / fill_rounds, moments.mean_prompt
+    )
+
+    # Over-admission: requests admitted at the start beyond what the pool can grow are
+    # preempted once they grow, and recomputed later at about half the steady context.
+    over_admitted = jnp.where(single_cohort, 0.0, jnp.maximum(admitted - running, 0.0))
+    recompute_tokens = over_admitted * 0.5 * (moments.new_request_tokens + moments.running_context)
+    recompute_rounds = jnp.maximum(recompute_tokens / budget, 1.0)
+    recompute_time = jnp.where(
+        over_admitted > 0,
+        recompute_rounds * _prefill_round_time(inputs, layout, tp, pp, recompute_tokens / recompute_rounds,
+                                               moments.mean_prompt),
+        0.0,
+    )
+
+    cohort = jnp.where(single_cohort, requests, running)
+    cohort_thrash = preemptions_per_completion(moments, inputs.watermark * capacity)
+    drain = _drain(inputs, layout, tp, pp, budget, usable, moments, cohort, ~single_cohort,
+                   jnp.where(single_cohort, cohort_thrash, 0.0))
+
+    # The slowest replica sets the makespan: its share of output tokens exceeds the mean
+    # by the expected maximum of ``dp`` standard normal variables times the standard
+    # deviation of a sum of ``requests`` independent output lengths.
+    total_tokens = requests * moments.mean_output
+    work_deviation = jnp.sqrt(requests * moments.output_variance)
+    slowest_tokens = total_tokens + expected_max_of_normals(dp) * work_deviation
+    steady_tokens = jnp.where(single_cohort, 0.0, jnp.maximum(slowest_tokens - drain.tokens, 0.0))
+    steady_time = steady_tokens / tokens_per_s
+    straggler_time = jnp.where(
+        single_cohort, drain.seconds * (slowest_tokens / jnp.maximum(total_tokens, 1.0) - 1.0), 0.0
+    )
+    makespan = fill_time + recompute_time + steady_time + drain.seconds + straggler_time
+
+    # Each completion while requests wait triggers greedy admission and the preemptions
+    # after it; a single cohort preempts once its demand overflows the pool and then on
+    # each completion that frees blocks for a waiting request.
+    preemptions = dp * jnp.where(
+        single_cohort,
+        drain.overflow + drain.overflow_completions * cohort_thrash,
+        over_admitted + (requests - running) * thrash,
+    )
+    peak_usage = jnp.clip(jnp.where(kv_bound, 1.0, jnp.maximum(running * moments.running_context / capacity,
+                                                                drain.peak_usage)), 0.0, 1.0)
+
+    # Latencies by admission order: the first ``admitted`` get their first token during
+    # the fill, later ones one per completion at the steady completion rate.
+    completion_rate = tokens_per_s / moments.mean_output
+    order = (jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests
+    in_fill = order < admitted
+    queue_start = fill_time + recompute_time
+    ttft_values = jnp.where(
+        in_fill,
+        fill_time * (order + 1.0) / jnp.maximum(admitted, 1.0),
+        queue_start + (order - admitted + over_admitted) / completion_rate,
+    ) + steady.step.total
+    weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
+    ttft = _latency(jnp.mean(ttft_values), ttft_values, weights)
+
+    outputs = inputs.output_values
+    # Single cohort: a request of output o ends when the cohort reaches age o.
+    cohort_finish = jnp.interp(outputs, drain.ages, drain.finish_s)
+    cohort_tpot = cohort_finish / jnp.maximum(outputs - 1.0, 1.0)
+    # Queue: steady token time, plus the wait of each preemption for a completion.
+    preemption_delay = jnp.where(single_cohort, 0.0, thrash / completion_rate)
+    queue_tpot = steady.token_time + preemption_delay / jnp.maximum(outputs - 1.0, 1.0)
+    tpot_by_output = jnp.where(single_cohort, cohort_tpot, queue_tpot)
+    tpot_weights = jnp.broadcast_to(inputs.output_probabilities, outputs.shape)
+    tpot = _latency(jnp.sum(tpot_weights * tpot_by_output), tpot_by_output, tpot_weights)
+
+    e2e_values = (ttft_values[:, None] + (outputs[None, :] - 1.0) * tpot_by_output[None, :]).reshape(-1)
+    e2e_weights = (weights[:, None] * inputs.output_probabilities[None, :]).reshape(-1)
+    e2e = _latency(jnp.sum(e2e_values * e2e_weights), e2e_values, e2e_weights)
+
+    throughput = inputs.num_requests * moments.mean_output / makespan
+    return ReplicaResult(
+        makespan_s=makespan,
+        output_tokens_per_s=throughput,
+        ttft=ttft,
+        tpot=tpot,
+        e2e=e2e,
+        peak_kv_usage=peak_usage,
+        preemptions=preemptions,
+        preemptions_per_request=preemptions / inputs.num_requests,
+        running_requests=running,
+        step=steady.step,
+        kv_bound=kv_bound | (drain.peak_usage > 1.0),
+        budget_bound=running > budget,
+        keeps_up=jnp.array(True),
+        max_arrival_rate_per_s=dp * completion_rate,
+    )
+
+def _queue_wait(servers, utilization, service_s, service_cv2):
+    """Mean wait and wait probability of an M/G/c queue.
+
+    Sakasegawa's approximation of the M/M/c queue length, Lq = rho^sqrt(2(c+1)) / (1 - rho),
+    with the Allen-Cunneen factor (1 + cv^2) / 2 for general service times.
+    """
+    rho = jnp.clip(utilization, 0.0, 0.999999)
+    exponent = jnp.sqrt(2.0 * (servers + 1.0)) - 1.0
+    wait_probability = jnp.power(rho, exponent)
+    mean_wait = wait_probability / (servers * (1.0 - rho)) * service_s * (1.0 + service_cv2) / 2.0
+    return mean_wait, wait_probability
+
+
+def _output_cv2(inputs: ModelInputs, moments: Moments):
+    o = inputs.output_values
+    variance = jnp.sum(inputs.output_probabilities * (o - moments.mean_output) ** 2)
+    return variance / moments.mean_output**2
+
+
+def _e2e_from(inputs, ttft_values, ttft_weights, token_time):
+    outputs = inputs.output_values
+    values = (ttft_values[:, None] + (outputs[None, :] - 1.0) * token_time).reshape(-1)
+    weights = (ttft_weights[:, None] * inputs.output_probabilities[None, :]).reshape(-1)
+    return _latency(jnp.sum(values * weights), values, weights)
+
+
+def _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_bound, budget,
+                   keeps_up, max_rate, capacity, demand):
+    completion_rate = steady.decodes / steady.step.total / moments.mean_output
+    preemption_delay = thrash / completion_rate
+    tpot_value = steady.token_time + preemption_delay * moments.mean_inverse_output
+    tpot = Latency(mean=tpot_value, p50=tpot_value, p90=tpot_value, p99=tpot_value)
+    return ReplicaResult(
+        makespan_s=jnp.nan,
+        output_tokens_per_s=dp * steady.decodes / steady.step.total,
+        ttft=ttft,
+        tpot=tpot,
+        e2e=e2e,
+        peak_kv_usage=jnp.clip(jnp.where(kv_bound, 1.0, demand * moments.running_context / capacity),
+                               0.0, 1.0),
+        preemptions=dp * completion_rate * thrash,
+        preemptions_per_request=thrash,
+        running_requests=running,
+        step=steady.step,
+        kv_bound=kv_bound,
+        budget_bound=running > budget,
+        keeps_up=keeps_up,
+        max_arrival_rate_per_s=max_rate,
+    )
+
+
+# Bisection steps for the running count of an open-loop replica; 40 halvings resolve
+# any count below 10^12 to better than one request.
+RUNNING_BISECTION_STEPS = 40
+
+
+def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
+                 max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
+    """Open-loop Poisson arrivals, split evenly over replicas, at steady state.
+
+    The running count R solves Little's law, R = rate * E[o] * t_token(R); the replica
+    keeps up when that holds with R below both max_num_seqs and the KV pool's count.
+    """
+    moments = workload_moments(inputs)
+    capacity = jnp.maximum(memory.kv_capacity_tokens, 1.0)
+    usable = capacity * (1.0 - inputs.watermark)
+    budget = max_num_batched_tokens
+    rate = inputs.arrival_rate_per_s / dp
+
+    kv_running = usable / moments.running_context
+    slots = jnp.maximum(jnp.minimum(max_num_seqs, kv_running), 1.0)
+
+    def token_time(running):
+        return _steady_round(inputs, layout, tp, pp, budget, running, moments, 0.0).token_time
+
+    def bisect(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        too_few = rate * moments.mean_output * token_time(middle) > middle
+        return jnp.where(too_few, middle, low), jnp.where(too_few, high, middle)
+
+    low, high = jax.lax.fori_loop(0, RUNNING_BISECTION_STEPS, bisect, (jnp.array(0.0), slots))
+    full_service = moments.mean_output * token_time(slots)
+    keeps_up = rate * full_service < slots
+    running = jnp.where(keeps_up, high, slots)
+    max_rate = dp * slots / full_service
+
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, 0.0)
+    service = moments.mean_output * steady.token_time
+    mean_wait, wait_probability = _queue_wait(slots, running / slots, service, _output_cv2(inputs, moments))
+    conditional_wait = mean_wait / jnp.maximum(wait_probability, 1e-12)
+    quantile_points = (jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS
+    waits = jnp.maximum(
+        0.0, -conditional_wait * jnp.log((1.0 - quantile_points) / jnp.maximum(wait_probability, 1e-12))
+    )
+    ttft_values = waits + steady.step.total
+    weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
+    ttft = _latency(mean_wait + steady.step.total, ttft_values, weights)
+    e2e = _e2e_from(inputs, ttft_values, weights, steady.token_time)
+
+    nan = jnp.nan
+    unstable = Latency(mean=nan, p50=nan, p90=nan, p99=nan)
+    ttft = jax.tree_util.tree_map(lambda a, b: jnp.where(keeps_up, a, b), ttft, unstable)
+    e2e = jax.tree_util.tree_map(lambda a, b: jnp.where(keeps_up, a, b), e2e, unstable)
+    return _steady_result(inputs, dp, running, steady, moments, 0.0, ttft, e2e,
+                          running >= kv_running * 0.9999, budget, keeps_up, max_rate, capacity, running)
+
+
+def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
+                        max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
+    """Closed loop: a fixed number of clients, each sending a new request when one ends."""
+    moments = workload_moments(inputs)
+    capacity = jnp.maximum(memory.kv_capacity_tokens, 1.0)
+    usable = capacity * (1.0 - inputs.watermark)
+    budget = max_num_batched_tokens
+    clients = inputs.concurrency / dp
+
+    kv_running = usable / moments.running_context
+    demand = jnp.minimum(max_num_seqs, clients)
+    running = jnp.maximum(jnp.minimum(demand, kv_running), 1e-3)
+    kv_bound = demand > kv_running
+    waiting = clients > running * 1.0001
+    headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
+    thrash = jnp.where(waiting, preemptions_per_completion(moments, headroom), 0.0)
+
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
+    completion_rate = steady.decodes / steady.step.total / moments.mean_output
+    queue_wait = jnp.maximum(clients - running, 0.0) / completion_rate
+    ttft_value = queue_wait + steady.step.total
+    ttft = Latency(mean=ttft_value, p50=ttft_value, p90=ttft_value, p99=ttft_value)
+    weights = jnp.ones(1)
+    token_time = steady.token_time + thrash / completion_rate * moments.mean_inverse_output
+    e2e = _e2e_from(inputs, jnp.reshape(ttft_value, (1,)), weights, token_time)
+
+    slots = jnp.maximum(jnp.minimum(max_num_seqs, kv_running), 1.0)
+    saturated = _steady_round(inputs, layout, tp, pp, budget, slots, moments, 0.0)
+    max_rate = dp * slots / (moments.mean_output * saturated.token_time)
+    return _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_bound, budget,
+                          jnp.array(True), max_rate, capacity, demand)
