@@ -24,6 +24,9 @@ TP_ACROSS_NODES = 3
 WEIGHTS_DO_NOT_FIT = 4
 KV_TOO_SMALL = 5
 
+# Smallest padded batch; see ``CostModel.evaluate_raw``.
+MIN_BATCH_ROWS = 64
+
 _REPLICA_MODELS = {
     "batch": batch_replica,
     "rate": rate_replica,
@@ -189,10 +192,17 @@ class CostModel:
         )
 
     def evaluate_raw(self, deployments: list[Deployment]) -> dict[str, Any]:
-        """Evaluate ``deployments`` and return the model's arrays (one row each)."""
-        batch = self.config_batch(deployments)
+        """Evaluate ``deployments`` and return the model's arrays (one row each).
+
+        Batches are padded to a power of two of at least ``MIN_BATCH_ROWS`` rows, so a
+        search with varying batch sizes compiles the model a few times at most.
+        """
+        rows = len(deployments)
+        padded_rows = max(MIN_BATCH_ROWS, 1 << (rows - 1).bit_length())
+        padded = list(deployments) + [deployments[0]] * (padded_rows - rows)
+        batch = self.config_batch(padded)
         raw = evaluate_arrays(self.inputs, batch, self.plan.workload.arrival_mode)
-        return jax.tree_util.tree_map(np.asarray, raw)
+        return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:rows], raw)
 
     def evaluate(self, deployments: list[Deployment]) -> list[Evaluation]:
         if not deployments:

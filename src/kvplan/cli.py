@@ -1,0 +1,203 @@
+"""Command-line interface: argument parsing and output only.
+
+Results go to stdout (table, JSON, CSV or Markdown); logs and errors go to stderr.
+Exit codes: 0 success, 1 invalid input or no feasible deployment that meets the SLA,
+2 usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import Any, Sequence
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+FORMATS = ("table", "json", "csv", "markdown")
+
+logger = logging.getLogger("kvplan")
+
+
+class UsageError(Exception):
+    """A command-line argument that cannot be used; exits with code 2."""
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse calls this for usage errors
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    from kvplan import __version__
+
+    parser = _ArgumentParser(
+        prog="kvplan",
+        description="Plan vLLM deployments of large language models on GPU nodes.",
+    )
+    parser.add_argument("--version", action="version", version=f"kvplan {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="log progress to stderr and show a traceback for internal errors")
+    parser.add_argument("--traceback", action="store_true",
+                        help="show a traceback for every error, including errors in the input")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+
+    validate = commands.add_parser(
+        "validate", help="check spec files against the kvplan/v1 schemas",
+        description="Check spec files (or folders of them) and report every problem with its "
+                    "file, line, column and path. Exit code 0 when all are valid, 1 otherwise.",
+    )
+    validate.add_argument("paths", nargs="+", metavar="PATH", help="spec file or folder")
+    validate.add_argument("--format", choices=("text", "json"), default="text",
+                          help="output format (default: text)")
+
+    optimize = commands.add_parser(
+        "optimize", help="search the plan's space and rank deployments",
+        description="Search the deployments the plan allows and print them ranked by its "
+                    "objective, SLA-meeting ones first.",
+    )
+    optimize.add_argument("plan", metavar="PLAN", help="path of a Plan spec")
+    optimize.add_argument("--trials", type=int, default=None,
+                          help="Optuna trials before the local polish (default: 200)")
+    optimize.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+    optimize.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    optimize.add_argument("--exhaustive", action="store_true",
+                          help="evaluate every point of the search space instead of sampling")
+    optimize.add_argument("--all", action="store_true", dest="all_deployments",
+                          help="list every evaluated deployment, not only the best one of each "
+                               "(dp, tp, pp) layout")
+    optimize.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+
+    evaluate = commands.add_parser(
+        "evaluate", help="predict the metrics of given deployments",
+        description="Predict the metrics of the deployments given with --config; settings "
+                    "left out come from the plan's engine section or vLLM's defaults.",
+    )
+    evaluate.add_argument("plan", metavar="PLAN", help="path of a Plan spec")
+    evaluate.add_argument("--config", action="append", required=True, metavar="KEY=VALUE,...",
+                          help="a deployment, for example dp=4,tp=2,pp=1,max_num_seqs=2048; repeat "
+                               "for several")
+    evaluate.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    return parser
+
+
+def parse_config(text: str) -> dict[str, Any]:
+    """Parse ``dp=4,tp=2,gpu_memory_utilization=0.9`` into a dict of numbers."""
+    config: dict[str, Any] = {}
+    for item in text.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        key, separator, value = item.partition("=")
+        key = key.strip()
+        if not separator or not key or not value.strip():
+            raise UsageError(f"invalid --config item {item!r}; write KEY=VALUE, for example tp=2")
+        if key in config:
+            raise UsageError(f"--config sets {key} twice in {text!r}")
+        value = value.strip()
+        try:
+            config[key] = float(value) if key == "gpu_memory_utilization" else int(value)
+        except ValueError:
+            kind = "a number" if key == "gpu_memory_utilization" else "an integer"
+            raise UsageError(f"--config {key} must be {kind}, but got {value!r}") from None
+    if not config:
+        raise UsageError(f"--config {text!r} sets nothing; write for example dp=1,tp=8")
+    return config
+
+
+def _run_validate(args: argparse.Namespace) -> int:
+    from kvplan.output import render_validation
+    from kvplan.spec import validate_paths
+
+    issues = validate_paths(args.paths)
+    sys.stdout.write(render_validation(args.paths, issues, args.format))
+    if issues:
+        files = len({issue.file for issue in issues})
+        print(f"kvplan: {len(issues)} problem(s) in {files} file(s)", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _run_optimize(args: argparse.Namespace) -> int:
+    from kvplan.optimizer.search import optimize
+    from kvplan.output import render_result
+    from kvplan.spec import load_plan
+
+    if args.top < 1:
+        raise UsageError(f"--top must be at least 1, but got {args.top}")
+    if args.trials is not None and args.trials < 1:
+        raise UsageError(f"--trials must be at least 1, but got {args.trials}")
+    plan = load_plan(args.plan)
+    logger.info("searching plan %s", plan.name)
+    result = optimize(plan, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive)
+    if not args.all_deployments:
+        result = result.best_per_layout()
+    sys.stdout.write(render_result(result, args.format, top=args.top))
+    return _exit_code_for(result)
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from kvplan.optimizer.search import evaluate
+    from kvplan.output import render_result
+    from kvplan.spec import load_plan
+
+    configs = [parse_config(text) for text in args.config]
+    plan = load_plan(args.plan)
+    result = evaluate(plan, configs)
+    sys.stdout.write(render_result(result, args.format, top=None))
+    return _exit_code_for(result)
+
+
+def _exit_code_for(result) -> int:
+    if result.best is not None:
+        return EXIT_OK
+    if not any(r.evaluation.feasible for r in result.results):
+        print("kvplan: no feasible deployment; see the reasons above", file=sys.stderr)
+    else:
+        print("kvplan: no deployment meets the SLA; see the violations above", file=sys.stderr)
+    return EXIT_FAILURE
+
+
+_COMMANDS = {"validate": _run_validate, "optimize": _run_optimize, "evaluate": _run_evaluate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="kvplan: %(message)s",
+        stream=sys.stderr,
+    )
+    from kvplan.spec.errors import KvplanError
+
+    try:
+        return _COMMANDS[args.command](args)
+    except UsageError as error:
+        print(f"kvplan {args.command}: error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except KvplanError as error:
+        if args.traceback:
+            raise
+        print(f"kvplan {args.command}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except BrokenPipeError:
+        # The reader of stdout (for example `head`) went away; nothing is left to say.
+        return EXIT_OK
+    except Exception as error:
+        if args.verbose or args.traceback:
+            raise
+        print(f"kvplan {args.command}: internal error: {type(error).__name__}: {error}; rerun with "
+              "--traceback and report it with the output", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

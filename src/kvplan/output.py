@@ -1,0 +1,255 @@
+"""Rendering of results as tables, JSON, CSV and Markdown; no computation."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from typing import Any, Sequence
+
+from tabulate import tabulate
+
+from kvplan.optimizer.search import SCHEMA_VERSION, RankedDeployment, SearchResult
+from kvplan.spec.errors import SpecIssue
+
+OBJECTIVE_TITLES = {
+    "makespan_s": "minimize makespan",
+    "output_tokens_per_s": "maximize output tokens/s",
+    "output_tokens_per_s_per_gpu": "maximize output tokens/s per GPU",
+    "cost_per_million_tokens": "minimize cost per million output tokens",
+}
+
+CONFIG_COLUMNS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+SCALAR_METRICS = (
+    "gpus",
+    "makespan_s",
+    "output_tokens_per_s",
+    "output_tokens_per_s_per_gpu",
+    "kv_capacity_tokens",
+    "kv_bytes_per_token",
+    "weight_bytes_per_gpu",
+    "peak_kv_usage",
+    "preemptions",
+    "preemptions_per_request",
+    "running_requests_per_replica",
+    "step_time_s",
+    "keeps_up",
+    "max_arrival_rate_per_s",
+    "cost_per_million_tokens",
+    "bottleneck",
+)
+LATENCY_METRICS = ("ttft_s", "tpot_s", "e2e_s")
+STATISTICS = ("mean", "p50", "p90", "p99")
+
+
+def format_seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 3600:
+        return f"{value / 3600:.2f} h"
+    if value >= 100:
+        return f"{value:,.0f} s"
+    if value >= 1:
+        return f"{value:.2f} s"
+    return f"{value * 1000:.1f} ms"
+
+
+def format_count(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value >= 1e6:
+        return f"{value / 1e6:.2f}M"
+    if value >= 1e4:
+        return f"{value / 1e3:.0f}k"
+    return f"{value:,.0f}"
+
+
+def _format_percent(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.0f}%"
+
+
+def _relative(value: float | None, best: float | None, direction: str) -> str:
+    if value is None or best is None or best == 0:
+        return "-"
+    change = value / best - 1.0
+    if abs(change) < 0.0005:
+        return "="
+    return f"{change * 100:+.1f}%"
+
+
+def _objective_direction(objective: str) -> str:
+    return "maximize" if objective.startswith("output_tokens") else "minimize"
+
+
+def _describe_plan(result: SearchResult) -> list[str]:
+    plan = result.plan
+    workload = plan.workload
+    if workload.arrival_mode == "batch":
+        load = f"{workload.requests:,} requests at once"
+    elif workload.arrival_mode == "rate":
+        load = f"{workload.arrival_rate_per_s:g} requests/s (Poisson)"
+    else:
+        load = f"{workload.concurrency:,} concurrent clients"
+    lines = [
+        f"Plan {plan.name}: {plan.model.name} ({plan.model.weight_dtype}) on {plan.num_nodes} x "
+        f"{plan.node.name}, GPU budget {plan.search.gpu_budget}",
+        f"Workload {workload.name}: {load}; prompt {workload.prompt_tokens.description}; "
+        f"output {workload.output_tokens.description}",
+    ]
+    if plan.sla:
+        bounds = ", ".join(f"{b.metric} {b.statistic} <= {format_seconds(b.max_s)}" for b in plan.sla)
+        lines.append(f"SLA: {bounds}")
+    if result.method == "evaluate":
+        lines.append(f"Objective: {OBJECTIVE_TITLES[result.objective]}; {result.evaluated} deployment(s) given")
+    else:
+        method = "exhaustive search" if result.method == "exhaustive" else "Optuna TPE search + local polish"
+        lines.append(
+            f"Objective: {OBJECTIVE_TITLES[result.objective]}; {method}: {result.evaluated} of "
+            f"{result.space_size} deployments evaluated"
+        )
+    return lines
+
+
+def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tuple[list[str], list[list[Any]]]:
+    mode = result.plan.workload.arrival_mode
+    direction = _objective_direction(result.objective)
+    best = result.best
+    best_value = best.objective_value if best else None
+    show_utilization = len({r.evaluation.config.gpu_memory_utilization for r in results}) > 1
+
+    headers = ["#", "dp", "tp", "pp", "max_num_seqs", "batched_tokens"]
+    if show_utilization:
+        headers.append("mem_util")
+    if mode == "batch":
+        headers.append("makespan")
+    headers += ["out tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV tok/replica", "peak KV",
+                "preempt", "bottleneck", "vs best", "SLA"]
+    if mode == "rate":
+        headers.insert(headers.index("out tok/s"), "max rate/s")
+
+    rows = []
+    for ranked in results:
+        evaluation = ranked.evaluation
+        config = evaluation.config
+        metrics = evaluation.metrics
+        row: list[Any] = [ranked.rank, config.dp, config.tp, config.pp, config.max_num_seqs,
+                          config.max_num_batched_tokens]
+        if show_utilization:
+            row.append(f"{config.gpu_memory_utilization:g}")
+        if not evaluation.feasible:
+            filler = len(headers) - len(row) - 1
+            row += ["-"] * filler + [f"infeasible: {evaluation.infeasible_reason}"]
+            rows.append(row)
+            continue
+        if mode == "batch":
+            row.append(format_seconds(metrics["makespan_s"]))
+        if mode == "rate":
+            row.append(f"{metrics['max_arrival_rate_per_s']:.3g}")
+        row += [
+            format_count(metrics["output_tokens_per_s"]),
+            format_count(metrics["output_tokens_per_s_per_gpu"]),
+            format_seconds(metrics["ttft_s"]["p99"]),
+            format_seconds(metrics["tpot_s"]["p50"]),
+            format_count(metrics["kv_capacity_tokens"]),
+            _format_percent(metrics["peak_kv_usage"]),
+            format_count(metrics["preemptions"]),
+            metrics["bottleneck"],
+            _relative(ranked.objective_value, best_value, direction) if ranked is not best else "best",
+            "met" if ranked.sla_met else "; ".join(ranked.violations),
+        ]
+        rows.append(row)
+    return headers, rows
+
+
+def _footer(result: SearchResult) -> list[str]:
+    lines = []
+    if result.infeasible_reasons:
+        parts = ", ".join(f"{count} x {reason}" for reason, count in result.infeasible_reasons.items())
+        lines.append(f"Infeasible: {parts}")
+    if result.sla_violations:
+        parts = ", ".join(f"{count} x {what}" for what, count in result.sla_violations.items())
+        lines.append(f"SLA misses: {parts}")
+    best = result.best
+    if best is None:
+        lines.append("No feasible deployment meets the SLA.")
+    else:
+        config = best.evaluation.config
+        metrics = best.evaluation.metrics
+        summary = (
+            f"Best: dp={config.dp} tp={config.tp} pp={config.pp} max_num_seqs={config.max_num_seqs} "
+            f"max_num_batched_tokens={config.max_num_batched_tokens} "
+            f"gpu_memory_utilization={config.gpu_memory_utilization:g}"
+        )
+        if metrics.get("makespan_s") is not None:
+            summary += f"; makespan {format_seconds(metrics['makespan_s'])}"
+        summary += (
+            f", {format_count(metrics['output_tokens_per_s'])} output tokens/s, "
+            f"bound by {metrics['bottleneck'].replace('_', ' ')}"
+        )
+        lines.append(summary)
+    return lines
+
+
+def render_result(result: SearchResult, output_format: str, *, top: int | None) -> str:
+    results = result.results if top is None else result.results[:top]
+    if output_format == "json":
+        return json.dumps(result.to_dict(top=top), indent=2) + "\n"
+    if output_format == "csv":
+        return _render_csv(results)
+    headers, rows = _table_rows(result, results)
+    table_format = "github" if output_format == "markdown" else "simple"
+    body = tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
+    lines = _describe_plan(result)
+    if output_format == "markdown":
+        return "\n".join([*lines, "", body, "", *_footer(result)]) + "\n"
+    return "\n".join([*lines, "", body, "", *_footer(result)]) + "\n"
+
+
+def _csv_row(ranked: RankedDeployment) -> dict[str, Any]:
+    evaluation = ranked.evaluation
+    row: dict[str, Any] = {"rank": ranked.rank}
+    row.update({key: getattr(evaluation.config, key) for key in CONFIG_COLUMNS})
+    row.update({
+        "feasible": evaluation.feasible,
+        "infeasible_reason": evaluation.infeasible_reason or "",
+        "sla_met": ranked.sla_met,
+        "violations": "; ".join(ranked.violations),
+        "objective_value": ranked.objective_value,
+    })
+    metrics = evaluation.metrics
+    for key in SCALAR_METRICS:
+        row[key] = metrics.get(key)
+    for key in LATENCY_METRICS:
+        latency = metrics.get(key) or {}
+        for statistic in STATISTICS:
+            row[f"{key}_{statistic}"] = latency.get(statistic)
+    return {key: ("" if value is None else value) for key, value in row.items()}
+
+
+def _render_csv(results: Sequence[RankedDeployment]) -> str:
+    buffer = io.StringIO()
+    fieldnames = ["rank", *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
+                  "objective_value", *SCALAR_METRICS,
+                  *(f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS)]
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    for ranked in results:
+        writer.writerow(_csv_row(ranked))
+    return buffer.getvalue()
+
+
+def render_validation(paths: Sequence[str], issues: Sequence[SpecIssue], output_format: str) -> str:
+    if output_format == "json":
+        document = {
+            "schema_version": SCHEMA_VERSION,
+            "valid": not issues,
+            "paths": list(paths),
+            "errors": [
+                {"file": i.file, "line": i.line, "column": i.column, "path": i.path, "message": i.message}
+                for i in issues
+            ],
+        }
+        return json.dumps(document, indent=2) + "\n"
+    if not issues:
+        return f"ok: {len(paths)} path(s) valid\n"
+    return "".join(f"{issue}\n" for issue in issues)
