@@ -242,13 +242,52 @@ def _drain(inputs, layout, tp, pp, budget, capacity, moments, cohort, residual, 
     )
 
 
+class _Shrink(NamedTuple):
+    seconds: jnp.ndarray
+    tokens: jnp.ndarray
+    ages: jnp.ndarray  # tokens each surviving request gained during the shrink
+    victim_age: jnp.ndarray  # mean age of a request when the shrink preempts it
+
+
+# Quadrature points of the shrink phase.
+SHRINK_POINTS = 16
+
+
+def _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running) -> _Shrink:
+    """Integrate the over-admission transient of a queued batch.
+
+    Admission takes every free block at the start, so ``admitted`` requests hold their
+    prompts when decoding begins. They grow together, and each block they need comes
+    from preempting the newest, so at age t about usable / (p + t) still run, until the
+    steady count ``running`` is reached at age running_context - p.
+    """
+    shrinking = admitted > running * 1.0001
+    end_age = jnp.where(shrinking, jnp.maximum(usable / running - moments.new_request_tokens, 0.0), 0.0)
+    fractions = (jnp.arange(SHRINK_POINTS) + 0.5) / SHRINK_POINTS
+    ages = end_age * fractions
+    alive = jnp.clip(usable / (moments.new_request_tokens + ages), running, admitted)
+    decodes = jnp.maximum(jnp.minimum(alive, budget), 1.0)
+    step = jax.vmap(
+        lambda d, kv: round_time(inputs, layout, tp, pp, d, 0.0, 0.0, kv, 0.0).total
+    )(decodes, jnp.minimum(alive * (moments.new_request_tokens + ages), usable) * decodes / alive)
+    width = end_age / SHRINK_POINTS
+    seconds = jnp.sum(width * alive / decodes * step)
+    return _Shrink(
+        seconds=seconds,
+        tokens=jnp.sum(width * alive),
+        ages=end_age,
+        victim_age=0.5 * end_age,
+    )
+
+
 def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
                   max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
     """Offline batch: every request submitted at t = 0, split evenly over replicas.
 
     When max_num_seqs and the pool admit the whole replica at once, it runs as one
-    cohort (see ``_drain``). Otherwise it fills, runs at steady state while requests
-    wait, and drains the last running cohort.
+    cohort (see ``_drain``). Otherwise it fills, shrinks to the steady running count if
+    it admitted more than the pool can grow (see ``_shrink``), runs at steady state
+    while requests wait, and drains the last running cohort.
     """
     moments = workload_moments(inputs)
     capacity = jnp.maximum(memory.kv_capacity_tokens, 1.0)
@@ -267,6 +306,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     thrash = jnp.where(single_cohort, 0.0, preemptions_per_completion(moments, headroom))
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
     tokens_per_s = steady.decodes / steady.step.total
+    completion_rate = tokens_per_s / moments.mean_output
 
     # Fill: prefill of the first admissions, in rounds of at most the token budget.
     fill_tokens = admitted * moments.mean_prompt
@@ -275,13 +315,14 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
         inputs, layout, tp, pp, fill_tokens / fill_rounds, moments.mean_prompt
     )
 
-    # Over-admission: requests admitted at the start beyond what the pool can grow are
-    # preempted once they grow, and recomputed later at about half the steady context.
-    over_admitted = jnp.where(single_cohort, 0.0, jnp.maximum(admitted - running, 0.0))
-    recompute_tokens = over_admitted * 0.5 * (moments.new_request_tokens + moments.running_context)
+    # Over-admission: the shrink preempts ``victims`` requests that already have their
+    # first token; they wait at the front of the queue and are recomputed later.
+    shrink = _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running)
+    victims = jnp.where(single_cohort, 0.0, jnp.maximum(admitted - running, 0.0))
+    recompute_tokens = victims * (moments.new_request_tokens + shrink.victim_age)
     recompute_rounds = jnp.maximum(recompute_tokens / budget, 1.0)
     recompute_time = jnp.where(
-        over_admitted > 0,
+        victims > 0,
         recompute_rounds * _prefill_round_time(inputs, layout, tp, pp, recompute_tokens / recompute_rounds,
                                                moments.mean_prompt),
         0.0,
@@ -298,12 +339,16 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     total_tokens = requests * moments.mean_output
     work_deviation = jnp.sqrt(requests * moments.output_variance)
     slowest_tokens = total_tokens + expected_max_of_normals(dp) * work_deviation
-    steady_tokens = jnp.where(single_cohort, 0.0, jnp.maximum(slowest_tokens - drain.tokens, 0.0))
+    shrink_tokens = jnp.where(single_cohort, 0.0, jnp.minimum(shrink.tokens, jnp.maximum(
+        slowest_tokens - drain.tokens, 0.0)))
+    steady_tokens = jnp.where(single_cohort, 0.0,
+                              jnp.maximum(slowest_tokens - drain.tokens - shrink_tokens, 0.0))
     steady_time = steady_tokens / tokens_per_s
+    shrink_time = jnp.where(single_cohort, 0.0, shrink.seconds * shrink_tokens / jnp.maximum(shrink.tokens, 1.0))
     straggler_time = jnp.where(
         single_cohort, drain.seconds * (slowest_tokens / jnp.maximum(total_tokens, 1.0) - 1.0), 0.0
     )
-    makespan = fill_time + recompute_time + steady_time + drain.seconds + straggler_time
+    makespan = fill_time + shrink_time + recompute_time + steady_time + drain.seconds + straggler_time
 
     # Each completion while requests wait triggers greedy admission and the preemptions
     # after it; a single cohort preempts once its demand overflows the pool and then on
@@ -311,39 +356,23 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     preemptions = dp * jnp.where(
         single_cohort,
         drain.overflow + drain.overflow_completions * cohort_thrash,
-        over_admitted + (requests - running) * thrash,
+        victims + (requests - running) * thrash,
     )
     peak_usage = jnp.clip(jnp.where(kv_bound, 1.0, jnp.maximum(running * moments.running_context / capacity,
                                                                 drain.peak_usage)), 0.0, 1.0)
 
-    # Latencies by admission order: the first ``admitted`` get their first token during
-    # the fill, later ones one per completion at the steady completion rate.
-    completion_rate = tokens_per_s / moments.mean_output
-    order = (jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests
-    in_fill = order < admitted
-    queue_start = fill_time + recompute_time
-    ttft_values = jnp.where(
-        in_fill,
-        fill_time * (order + 1.0) / jnp.maximum(admitted, 1.0),
-        queue_start + (order - admitted + over_admitted) / completion_rate,
-    ) + steady.step.total
+    ttft_values, e2e_values = _batch_latencies(
+        inputs, moments, requests, admitted, running, victims, single_cohort, fill_time, shrink_time,
+        recompute_time, shrink.ages, steady, thrash, completion_rate, drain,
+    )
     weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
     ttft = _latency(jnp.mean(ttft_values), ttft_values, weights)
-
     outputs = inputs.output_values
-    # Single cohort: a request of output o ends when the cohort reaches age o.
-    cohort_finish = jnp.interp(outputs, drain.ages, drain.finish_s)
-    cohort_tpot = cohort_finish / jnp.maximum(outputs - 1.0, 1.0)
-    # Queue: steady token time, plus the wait of each preemption for a completion.
-    preemption_delay = jnp.where(single_cohort, 0.0, thrash / completion_rate)
-    queue_tpot = steady.token_time + preemption_delay / jnp.maximum(outputs - 1.0, 1.0)
-    tpot_by_output = jnp.where(single_cohort, cohort_tpot, queue_tpot)
-    tpot_weights = jnp.broadcast_to(inputs.output_probabilities, outputs.shape)
-    tpot = _latency(jnp.sum(tpot_weights * tpot_by_output), tpot_by_output, tpot_weights)
-
-    e2e_values = (ttft_values[:, None] + (outputs[None, :] - 1.0) * tpot_by_output[None, :]).reshape(-1)
-    e2e_weights = (weights[:, None] * inputs.output_probabilities[None, :]).reshape(-1)
-    e2e = _latency(jnp.sum(e2e_values * e2e_weights), e2e_values, e2e_weights)
+    grid_weights = (weights[:, None] * inputs.output_probabilities[None, :]).reshape(-1)
+    tpot_values = ((e2e_values - ttft_values[:, None]) / jnp.maximum(outputs - 1.0, 1.0)[None, :]).reshape(-1)
+    tpot = _latency(jnp.sum(tpot_values * grid_weights), tpot_values, grid_weights)
+    e2e_flat = e2e_values.reshape(-1)
+    e2e = _latency(jnp.sum(e2e_flat * grid_weights), e2e_flat, grid_weights)
 
     throughput = inputs.num_requests * moments.mean_output / makespan
     return ReplicaResult(
@@ -362,6 +391,51 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
         keeps_up=jnp.array(True),
         max_arrival_rate_per_s=dp * completion_rate,
     )
+
+
+def _batch_latencies(inputs, moments, requests, admitted, running, victims, single_cohort, fill_time,
+                     shrink_time, recompute_time, shrink_age, steady, thrash, completion_rate, drain):
+    """TTFT by admission order and end-to-end latency by (admission order, output length).
+
+    Requests are served in order. The first ``admitted`` get their first token during the
+    fill; of those, the last ``victims`` are preempted by the shrink and wait at the
+    front of the queue for completions to free their blocks; the rest are admitted one
+    per completion after them. A single cohort finishes a request of output o when the
+    cohort reaches age o.
+    """
+    outputs = inputs.output_values[None, :]
+    order = ((jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests)[:, None]
+    first_token = steady.step.total
+
+    in_fill = order < admitted
+    fill_ttft = fill_time * (order + 1.0) / jnp.maximum(admitted, 1.0)
+    queue_start = fill_time + shrink_time + recompute_time
+    queued_ttft = queue_start + (order - admitted + victims) / completion_rate
+    ttft = jnp.where(in_fill, fill_ttft, queued_ttft) + first_token
+
+    # Time per token at steady state includes the wait after each thrash preemption.
+    token_time = steady.token_time
+    thrash_wait = thrash / completion_rate
+    kept = order < running
+    is_victim = in_fill & ~kept
+    in_drain = order >= requests - running
+    shrink_tokens = jnp.minimum(outputs - 1.0, shrink_age)
+    shrink_token_time = shrink_time / jnp.maximum(shrink_age, 1.0)
+    drain_token_time = drain.seconds / jnp.maximum(drain.tokens / jnp.maximum(running, 1.0), 1.0)
+    late_token_time = jnp.where(in_drain, drain_token_time, token_time)
+
+    kept_e2e = ttft + shrink_tokens * shrink_token_time + (outputs - 1.0 - shrink_tokens) * token_time
+    victim_wait = shrink_time + recompute_time + (order - running) / completion_rate
+    victim_e2e = ttft + victim_wait + (outputs - 1.0) * token_time
+    queued_e2e = ttft + (outputs - 1.0) * late_token_time + thrash_wait
+    queue_e2e = jnp.where(kept, kept_e2e, jnp.where(is_victim, victim_e2e, queued_e2e))
+
+    cohort_finish = jnp.interp(inputs.output_values, drain.ages, drain.finish_s)[None, :]
+    cohort_e2e = fill_ttft + first_token + cohort_finish
+    e2e = jnp.where(single_cohort, cohort_e2e, queue_e2e)
+    ttft = jnp.where(single_cohort, fill_ttft + first_token, ttft)
+    return ttft[:, 0], e2e
+
 
 def _queue_wait(servers, utilization, service_s, service_cv2):
     """Mean wait and wait probability of an M/G/c queue.
