@@ -1,0 +1,467 @@
+"""Semantic checks and conversion of validated spec documents into the frozen dataclasses.
+
+Each ``build_*`` function validates its merged document against the kind's schema,
+reports every problem through the session, and returns None when the spec cannot be
+built. Checks that need more than one value (a median above the maximum, a GPU budget
+larger than the node, a missing price for the cost objective) live here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kvplan.spec.catalog import CATALOG
+from kvplan.spec.distributions import build_length_distribution
+from kvplan.spec.errors import ValueProblem
+from kvplan.spec.hf_config import parse_hf_config
+from kvplan.spec.session import API_VERSION, LoadSession, Resolved, builtin_node_document, is_clean
+from kvplan.spec.sources import Origin, SourceMap, parse_field
+from kvplan.spec.types import (
+    EngineSettings,
+    FloatRange,
+    IntRange,
+    LengthDistribution,
+    ModelSpec,
+    NodeSpec,
+    ObjectiveName,
+    Plan,
+    SearchSpace,
+    SLABound,
+    WorkloadSpec,
+)
+from kvplan.spec.units import parse_arrival_rate, parse_bandwidth, parse_flop_rate, parse_size, parse_time
+from kvplan.spec.validation import SchemaProblem
+from kvplan.spec.yamlpos import JsonPath
+
+OBJECTIVES: Mapping[str, ObjectiveName] = {
+    "makespan": "makespan_s",
+    "throughput": "output_tokens_per_s",
+    "throughput_per_gpu": "output_tokens_per_s_per_gpu",
+    "cost": "cost_per_million_tokens",
+}
+
+# Engine keys in the spec and the EngineSettings field each one sets, with its parser.
+_ENGINE_FIELDS: Mapping[str, tuple[str, Any]] = {
+    "gpu_memory_utilization": ("gpu_memory_utilization", float),
+    "block_size": ("block_size", int),
+    "watermark": ("watermark", float),
+    "require_full_prompt_admission": ("require_full_prompt_admission", bool),
+    "pp_batches_in_flight": ("pp_batches_in_flight", int),
+    "kv_cache_tokens": ("kv_cache_tokens", int),
+    "max_num_seqs": ("max_num_seqs", int),
+    "max_num_batched_tokens": ("max_num_batched_tokens", int),
+    "async_scheduling": ("async_scheduling", bool),
+    "cpu_overhead_per_step": ("cpu_overhead_per_step_s", parse_time),
+    "cpu_overhead_per_request": ("cpu_overhead_per_request_s", parse_time),
+    "kernel_overhead_per_layer": ("kernel_overhead_per_layer_s", parse_time),
+    "non_torch_memory": ("non_torch_memory_bytes", parse_size),
+    "cuda_graph_memory": ("cuda_graph_memory_bytes", parse_size),
+}
+
+# Settings that can be held fixed under engine or searched under search, but not both.
+_SEARCHABLE_ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+
+
+def with_kind(resolved: Resolved, kind: str) -> Resolved:
+    """Fill in apiVersion and kind for a document written inline in a plan."""
+    data, source_map = resolved
+    filled = {"apiVersion": API_VERSION, "kind": kind, **data}
+    return filled, source_map
+
+
+# Model
+
+
+def build_model(session: LoadSession, resolved: Resolved) -> ModelSpec | None:
+    data, source_map = resolved
+    problems = session.validate(data, source_map, "Model")
+    # The config file is checked even when other keys are invalid, so that its problems
+    # show up in the same run.
+    if "config" not in data or not is_clean(problems, ("config",)):
+        return None
+
+    reference = data["config"]
+    origin = source_map.origin_for(("config",))
+    config_path = os.path.normpath(os.path.join(origin.base_dir, reference))
+    config = _read_json_config(session, source_map, reference, config_path)
+    if config is None:
+        return None
+    try:
+        architecture = parse_hf_config(config, source=config_path)
+    except ValueProblem as problem:
+        session.report(source_map, ("config",), problem.message)
+        return None
+    if problems:
+        return None
+
+    weight_dtype = data.get("weight_dtype")
+    if weight_dtype is None:
+        quantization = config.get("quantization_config")
+        is_fp8 = isinstance(quantization, dict) and quantization.get("quant_method") == "fp8"
+        weight_dtype = "fp8" if is_fp8 else "bfloat16"
+    return ModelSpec(
+        name=data["name"],
+        config_path=config_path,
+        architecture=architecture,
+        weight_dtype=weight_dtype,
+        kv_cache_dtype=data.get("kv_cache_dtype", "auto"),
+    )
+
+
+def _read_json_config(
+    session: LoadSession, source_map: SourceMap, reference: str, config_path: str
+) -> dict[str, Any] | None:
+    try:
+        with open(config_path, encoding="utf-8") as handle:
+            config = json.load(handle)
+    except FileNotFoundError:
+        session.report(source_map, ("config",), f"config file {reference!r} not found (looked for {config_path})")
+        return None
+    except json.JSONDecodeError as error:
+        session.report(
+            source_map,
+            ("config",),
+            f"invalid JSON in {config_path} at line {error.lineno}, column {error.colno}: {error.msg}",
+        )
+        return None
+    except (OSError, UnicodeDecodeError) as error:
+        session.report(source_map, ("config",), f"cannot read config file {config_path}: {error}")
+        return None
+    if not isinstance(config, dict):
+        session.report(source_map, ("config",), f"{config_path} must contain a JSON object")
+        return None
+    return config
+
+
+# Node
+
+
+def build_node(session: LoadSession, resolved: Resolved) -> NodeSpec | None:
+    data, source_map = resolved
+    if session.validate(data, source_map, "Node"):
+        return None
+
+    # The schema formats accept zero, which would divide by zero in the cost model.
+    rates = {
+        ("gpu_memory",): parse_size(data["gpu_memory"]),
+        ("hbm_bandwidth",): parse_bandwidth(data["hbm_bandwidth"]),
+        ("nvlink_bandwidth",): parse_bandwidth(data["nvlink_bandwidth"]),
+        ("internode_bandwidth",): parse_bandwidth(data["internode_bandwidth"]),
+    }
+    for dtype, rate in data["peak_flops"].items():
+        rates[("peak_flops", dtype)] = parse_flop_rate(rate)
+    zero_paths = [path for path, value in rates.items() if value <= 0.0]
+    for path in zero_paths:
+        value = data[path[0]] if len(path) == 1 else data[path[0]][path[1]]
+        session.report(source_map, path, f"must be greater than 0, but got {value!r}")
+    if zero_paths:
+        return None
+
+    efficiency = data["efficiency"]
+    return NodeSpec(
+        name=data["name"],
+        gpu_name=data["gpu"],
+        gpus_per_node=int(data["gpus_per_node"]),
+        gpu_memory_bytes=parse_size(data["gpu_memory"]),
+        hbm_bandwidth_bytes_per_s=parse_bandwidth(data["hbm_bandwidth"]),
+        peak_flops_per_s={dtype: parse_flop_rate(rate) for dtype, rate in data["peak_flops"].items()},
+        nvlink_bandwidth_bytes_per_s=parse_bandwidth(data["nvlink_bandwidth"]),
+        nvlink_latency_s=parse_time(data["nvlink_latency"]),
+        internode_bandwidth_bytes_per_s=parse_bandwidth(data["internode_bandwidth"]),
+        internode_latency_s=parse_time(data["internode_latency"]),
+        hbm_bandwidth_efficiency=float(efficiency["hbm_bandwidth"]),
+        compute_efficiency=float(efficiency["compute"]),
+        fp8_compute_efficiency=float(efficiency["fp8_compute"]),
+        allreduce_bandwidth_efficiency=float(efficiency["allreduce_bandwidth"]),
+        price_per_gpu_hour=float(data["price_per_gpu_hour"]) if "price_per_gpu_hour" in data else None,
+    )
+
+
+# Workload
+
+
+def build_workload(session: LoadSession, resolved: Resolved) -> WorkloadSpec | None:
+    data, source_map = resolved
+    problems = session.validate(data, source_map, "Workload")
+
+    lengths: dict[str, LengthDistribution | None] = {}
+    for key in ("prompt_tokens", "output_tokens"):
+        lengths[key] = None
+        if key in data and is_clean(problems, (key,)):
+            lengths[key] = _build_distribution(session, source_map, key, data[key])
+
+    if problems or lengths["prompt_tokens"] is None or lengths["output_tokens"] is None:
+        return None
+
+    arrival_rate = None
+    if "requests" in data:
+        mode = "batch"
+    elif "arrival_rate" in data:
+        mode = "rate"
+        arrival_rate = parse_arrival_rate(data["arrival_rate"])
+        if arrival_rate <= 0.0:
+            session.report(source_map, ("arrival_rate",), f"must be greater than 0, but got {data['arrival_rate']!r}")
+            return None
+    else:
+        mode = "concurrency"
+    return WorkloadSpec(
+        name=data["name"],
+        prompt_tokens=lengths["prompt_tokens"],
+        output_tokens=lengths["output_tokens"],
+        arrival_mode=mode,
+        requests=int(data["requests"]) if "requests" in data else None,
+        arrival_rate_per_s=arrival_rate,
+        concurrency=int(data["concurrency"]) if "concurrency" in data else None,
+    )
+
+
+def _build_distribution(
+    session: LoadSession, source_map: SourceMap, key: str, spec: Mapping[str, Any]
+) -> LengthDistribution | None:
+    base_dir = source_map.origin_for((key,)).base_dir
+    try:
+        return build_length_distribution(spec, base_dir=base_dir)
+    except ValueProblem as problem:
+        session.report(source_map, (key, *parse_field(problem.field)), problem.message)
+        return None
+
+
+# Plan
+
+
+def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: SourceMap, *, source: str) -> Plan | None:
+    """Build a Plan from a plan document, resolving the model, node and workload it names."""
+    start = len(session.issues)
+    problems = session.validate(data, source_map, "Plan")
+
+    model = _build_reference(session, data, source_map, ("model",), "Model", problems)
+    hardware = data.get("hardware")
+    node = None
+    if isinstance(hardware, dict):
+        node = _build_reference(session, hardware, source_map, ("hardware", "node"), "Node", problems)
+    workload = _build_reference(session, data, source_map, ("workload",), "Workload", problems)
+
+    engine = None
+    if is_clean(problems, ("engine",)):
+        engine = _build_engine(data.get("engine", {}))
+    sla = None
+    if is_clean(problems, ("sla",)):
+        sla = _build_sla(session, source_map, data.get("sla", {}))
+
+    # Checks that combine sections run whenever the sections they read are valid, so a
+    # problem in one referenced file does not hide the others.
+    search = None
+    if node is not None and all(is_clean(problems, (key,)) for key in ("hardware", "engine", "search")):
+        search = _build_search(session, source_map, data, node, int(hardware.get("nodes", 1)))
+    objective = None
+    if node is not None and workload is not None and is_clean(problems, ("objective",)):
+        objective = _build_objective(session, source_map, data, node, workload)
+    if model is not None and node is not None:
+        _check_compute_dtype(session, source_map, model, node)
+
+    built = (model, node, workload, engine, sla, search, objective)
+    if problems or any(part is None for part in built) or len(session.issues) > start:
+        return None
+    return Plan(
+        name=data["name"],
+        source=source,
+        model=model,
+        node=node,
+        num_nodes=int(hardware.get("nodes", 1)),
+        engine=engine,
+        workload=workload,
+        sla=sla,
+        search=search,
+        objective=objective,
+    )
+
+
+def _build_reference(
+    session: LoadSession,
+    container: Mapping[str, Any],
+    source_map: SourceMap,
+    path: JsonPath,
+    kind: str,
+    problems: list[SchemaProblem],
+) -> Any:
+    """Load and build the document that ``path`` of the plan names or contains inline."""
+    value = container.get(path[-1])
+    if not isinstance(value, (str, dict)) or not is_clean(problems, path):
+        return None
+    resolved = resolve_reference(session, value, source_map, path, kind)
+    if resolved is None:
+        return None
+    return BUILDERS[kind](session, resolved)
+
+
+def resolve_reference(
+    session: LoadSession, value: str | dict[str, Any], source_map: SourceMap, path: JsonPath, kind: str
+) -> Resolved | None:
+    """Resolve a built-in node name, a file path or an inline mapping to a merged document."""
+    origin = source_map.origin_for(path)
+    chain = (os.path.realpath(origin.source),) if os.path.isfile(origin.source) else ()
+    if isinstance(value, dict):
+        inline_origin = Origin(origin.source, origin.base_dir, origin.positions, origin.root + path)
+        resolved = session.resolve(value, inline_origin, kind, chain)
+        return None if resolved is None else with_kind(resolved, kind)
+
+    if kind == "Node" and value in CATALOG:
+        return builtin_node_document(value)
+    display_path = os.path.normpath(os.path.join(origin.base_dir, value))
+    loaded = session.load_referenced_file(display_path, value, source_map, path, kind, role=kind.lower())
+    if loaded is None:
+        return None
+    data, file_origin = loaded
+    return session.resolve(data, file_origin, kind, chain + (os.path.realpath(display_path),))
+
+
+def _build_engine(spec: Mapping[str, Any]) -> EngineSettings:
+    settings = {}
+    for key, value in spec.items():
+        field, convert = _ENGINE_FIELDS[key]
+        settings[field] = convert(value)
+    return EngineSettings(**settings)
+
+
+def _build_sla(session: LoadSession, source_map: SourceMap, spec: Mapping[str, Any]) -> tuple[SLABound, ...] | None:
+    bounds = []
+    valid = True
+    for metric, statistics in spec.items():
+        for statistic, text in statistics.items():
+            seconds = parse_time(text)
+            if seconds <= 0.0:
+                session.report(source_map, ("sla", metric, statistic), f"must be greater than 0, but got {text!r}")
+                valid = False
+                continue
+            bounds.append(SLABound(metric=metric, statistic=statistic, max_s=seconds))
+    return tuple(bounds) if valid else None
+
+
+def _build_search(
+    session: LoadSession, source_map: SourceMap, data: Mapping[str, Any], node: NodeSpec, num_nodes: int
+) -> SearchSpace | None:
+    spec = data.get("search", {})
+    engine = data.get("engine", {})
+    start = len(session.issues)
+
+    total_gpus = num_nodes * node.gpus_per_node
+    budget = int(spec.get("gpu_budget", total_gpus))
+    if budget > total_gpus:
+        session.report(
+            source_map,
+            ("search", "gpu_budget"),
+            f"gpu_budget {budget} exceeds the {total_gpus} GPUs of {num_nodes} {node.name} node"
+            f"{'s' if num_nodes != 1 else ''}; lower it or add nodes under hardware",
+        )
+
+    parallel: dict[str, tuple[int, ...] | None] = {}
+    for key in ("dp", "tp", "pp"):
+        values = spec.get(key)
+        parallel[key] = None if values is None else tuple(int(value) for value in values)
+        for index, value in enumerate(parallel[key] or ()):
+            if value > budget:
+                session.report(source_map, ("search", key, index), f"{key} {value} exceeds gpu_budget {budget}")
+    if all(parallel[key] is not None for key in parallel):
+        smallest = {key: min(parallel[key]) for key in parallel}
+        needed = smallest["dp"] * smallest["tp"] * smallest["pp"]
+        if needed > budget:
+            session.report(
+                source_map,
+                ("search",),
+                f"no combination of dp, tp and pp fits gpu_budget {budget}: the smallest,"
+                f" dp {smallest['dp']} x tp {smallest['tp']} x pp {smallest['pp']}, needs {needed} GPUs",
+                at_key=True,
+            )
+
+    choices: dict[str, Any] = {}
+    for key in _SEARCHABLE_ENGINE_KEYS:
+        if key in spec and key in engine:
+            session.report(
+                source_map,
+                ("engine", key),
+                f"{key} is set under both engine and search; keep it under search to search it,"
+                " or under engine to hold it fixed",
+                at_key=True,
+            )
+        elif key in spec:
+            converted = _choices(session, source_map, ("search", key), spec[key])
+            if converted is not None:
+                choices[key] = converted
+        elif key in engine:
+            # A setting fixed under engine is the only candidate of the search.
+            convert = float if key == "gpu_memory_utilization" else int
+            choices[key] = (convert(engine[key]),)
+
+    if len(session.issues) > start:
+        return None
+    return SearchSpace(gpu_budget=budget, dp=parallel["dp"], tp=parallel["tp"], pp=parallel["pp"], **choices)
+
+
+def _choices(session: LoadSession, source_map: SourceMap, path: JsonPath, value: Any) -> Any:
+    is_fraction = path[-1] == "gpu_memory_utilization"
+    convert = float if is_fraction else int
+    if isinstance(value, list):
+        return tuple(convert(item) for item in value)
+    if not isinstance(value, dict):
+        return (convert(value),)
+
+    low, high = value["min"], value["max"]
+    if low > high:
+        session.report(source_map, path + ("max",), f"max {high} is below min {low}")
+        return None
+    if is_fraction:
+        return FloatRange(low=float(low), high=float(high), step=value.get("step"))
+    log = bool(value.get("log", False))
+    step = int(value.get("step", 1))
+    if log and step != 1:
+        session.report(source_map, path + ("step",), "a log-scaled range cannot have a step; remove step or set log: false")
+        return None
+    return IntRange(low=int(low), high=int(high), log=log, step=step)
+
+
+def _build_objective(
+    session: LoadSession, source_map: SourceMap, data: Mapping[str, Any], node: NodeSpec, workload: WorkloadSpec
+) -> ObjectiveName | None:
+    name = data.get("objective")
+    if name is None:
+        name = "makespan" if workload.arrival_mode == "batch" else "throughput_per_gpu"
+        return OBJECTIVES[name]
+    if name == "makespan" and workload.arrival_mode != "batch":
+        mode_key = "arrival_rate" if workload.arrival_mode == "rate" else "concurrency"
+        session.report(
+            source_map,
+            ("objective",),
+            f"objective makespan needs an offline batch (requests: N), but workload {workload.name!r}"
+            f" uses {mode_key}; choose throughput, throughput_per_gpu or cost",
+        )
+        return None
+    if name == "cost" and node.price_per_gpu_hour is None:
+        session.report(
+            source_map,
+            ("objective",),
+            f"objective cost needs a GPU price, but node {node.name!r} has no price_per_gpu_hour;"
+            " set it in the node (for example base: h200-sxm-8 with price_per_gpu_hour: 3.5)",
+        )
+        return None
+    return OBJECTIVES[name]
+
+
+def _check_compute_dtype(session: LoadSession, source_map: SourceMap, model: ModelSpec, node: NodeSpec) -> None:
+    # The cost model runs the matrix multiplications in the weight dtype.
+    if model.weight_dtype not in node.peak_flops_per_s:
+        session.report(
+            source_map,
+            ("hardware", "node"),
+            f"node {node.name!r} has no peak_flops entry for {model.weight_dtype}, the weight dtype of"
+            f" model {model.name!r}",
+        )
+
+
+BUILDERS = {
+    "Model": build_model,
+    "Node": build_node,
+    "Workload": build_workload,
+}
