@@ -9,6 +9,7 @@ from typing import Any, Sequence
 
 from tabulate import tabulate
 
+from kvplan.formatting import format_count, format_seconds
 from kvplan.optimizer.search import SCHEMA_VERSION, RankedDeployment, SearchResult
 from kvplan.spec.errors import SpecIssue
 
@@ -40,28 +41,6 @@ SCALAR_METRICS = (
 )
 LATENCY_METRICS = ("ttft_s", "tpot_s", "e2e_s")
 STATISTICS = ("mean", "p50", "p90", "p99")
-
-
-def format_seconds(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 3600:
-        return f"{value / 3600:.2f} h"
-    if value >= 100:
-        return f"{value:,.0f} s"
-    if value >= 1:
-        return f"{value:.2f} s"
-    return f"{value * 1000:.1f} ms"
-
-
-def format_count(value: float | None) -> str:
-    if value is None:
-        return "-"
-    if value >= 1e6:
-        return f"{value / 1e6:.2f}M"
-    if value >= 1e4:
-        return f"{value / 1e3:.0f}k"
-    return f"{value:,.0f}"
 
 
 def _format_percent(value: float | None) -> str:
@@ -113,19 +92,21 @@ def _describe_plan(result: SearchResult) -> list[str]:
 def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tuple[list[str], list[list[Any]]]:
     mode = result.plan.workload.arrival_mode
     direction = _objective_direction(result.objective)
-    best = result.best
+    # Rows compare against the best SLA-meeting deployment, or the first feasible one
+    # when none meets the SLA.
+    best = result.best or next((r for r in results if r.evaluation.feasible), None)
     best_value = best.objective_value if best else None
     show_utilization = len({r.evaluation.config.gpu_memory_utilization for r in results}) > 1
 
-    headers = ["#", "dp", "tp", "pp", "max_num_seqs", "batched_tokens"]
+    headers = ["#", "dp", "tp", "pp", "seqs", "batch"]
     if show_utilization:
-        headers.append("mem_util")
+        headers.append("mem")
     if mode == "batch":
         headers.append("makespan")
-    headers += ["out tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV tok/replica", "peak KV",
-                "preempt", "bottleneck", "vs best", "SLA"]
+    headers += ["tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV/replica", "KV peak",
+                "preempt", "bound by", "vs best", "SLA"]
     if mode == "rate":
-        headers.insert(headers.index("out tok/s"), "max rate/s")
+        headers.insert(headers.index("tok/s"), "max req/s")
 
     rows = []
     for ranked in results:
@@ -162,13 +143,16 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
 
 
 def _footer(result: SearchResult) -> list[str]:
-    lines = []
+    lines = [
+        "Columns: seqs = max_num_seqs, batch = max_num_batched_tokens, KV/replica = KV cache "
+        "capacity in tokens, bound by = what limits the deployment."
+    ]
     if result.infeasible_reasons:
         parts = ", ".join(f"{count} x {reason}" for reason, count in result.infeasible_reasons.items())
-        lines.append(f"Infeasible: {parts}")
+        lines.append(f"Infeasible among the {result.evaluated} evaluated: {parts}")
     if result.sla_violations:
         parts = ", ".join(f"{count} x {what}" for what, count in result.sla_violations.items())
-        lines.append(f"SLA misses: {parts}")
+        lines.append(f"SLA misses among the {result.evaluated} evaluated: {parts}")
     best = result.best
     if best is None:
         lines.append("No feasible deployment meets the SLA.")

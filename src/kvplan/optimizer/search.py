@@ -11,6 +11,7 @@ from typing import Any, Iterable
 import optuna
 
 from kvplan.costmodel.evaluate import CostModel, Deployment, Evaluation
+from kvplan.formatting import format_seconds
 from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, Layout, SearchSpace, build_search_space
 from kvplan.spec.errors import KvplanError
 from kvplan.spec.types import Plan
@@ -131,15 +132,9 @@ def sla_violations(plan: Plan, evaluation: Evaluation) -> list[str]:
             continue
         if value > bound.max_s:
             violations.append(
-                f"{bound.metric} {bound.statistic} {_format_seconds(value)} > {_format_seconds(bound.max_s)}"
+                f"{bound.metric} {bound.statistic} {format_seconds(value)} > {format_seconds(bound.max_s)}"
             )
     return violations
-
-
-def _format_seconds(value: float) -> str:
-    if value >= 1.0:
-        return f"{value:.3g} s"
-    return f"{value * 1000:.3g} ms"
 
 
 def _objective_direction(plan: Plan) -> tuple[str, str]:
@@ -175,7 +170,8 @@ def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeploymen
     for evaluation in evaluations:
         violations = tuple(sla_violations(plan, evaluation)) if evaluation.feasible else ()
         value = evaluation.metrics.get(metric) if evaluation.feasible else None
-        unranked.append(RankedDeployment(0, evaluation, not violations, violations, value))
+        sla_met = evaluation.feasible and not violations
+        unranked.append(RankedDeployment(0, evaluation, sla_met, violations, value))
     unranked.sort(key=lambda ranked: _sort_key(direction, ranked))
     return [dataclasses.replace(ranked, rank=i + 1) for i, ranked in enumerate(unranked)]
 
