@@ -8,6 +8,7 @@ Exit codes: 0 success, 1 invalid input or no feasible deployment that meets the 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from typing import Any, Sequence
@@ -17,6 +18,12 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 FORMATS = ("table", "json", "csv", "markdown")
+
+# Modules that each define one more subcommand: ``add_parser(subparsers)`` adds its
+# parser and sets ``handler`` to a function that takes the parsed arguments and returns
+# the exit code. They are imported only to build the parser; keep their top-level
+# imports light.
+COMMAND_MODULES: tuple[str, ...] = ()
 
 logger = logging.getLogger("kvplan")
 
@@ -81,6 +88,12 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="a deployment, for example dp=4,tp=2,pp=1,max_num_seqs=2048; repeat "
                                "for several")
     evaluate.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+
+    validate.set_defaults(handler=_run_validate)
+    optimize.set_defaults(handler=_run_optimize)
+    evaluate.set_defaults(handler=_run_evaluate)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_parser(commands)
     return parser
 
 
@@ -161,9 +174,6 @@ def _exit_code_for(result) -> int:
     return EXIT_FAILURE
 
 
-_COMMANDS = {"validate": _run_validate, "optimize": _run_optimize, "evaluate": _run_evaluate}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _build_parser()
     args = parser.parse_args(argv)
@@ -179,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kvplan.spec.errors import KvplanError
 
     try:
-        return _COMMANDS[args.command](args)
+        return args.handler(args)
     except UsageError as error:
         print(f"kvplan {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
