@@ -1,0 +1,31 @@
+"""Print or write the validation report: ``python -m kvplan.validation [--output FILE]``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from kvplan.validation import render_markdown, results_as_json, run_cases
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kvplan.validation",
+                                     description="Compare kvplan's predictions with measured vLLM behaviour.")
+    parser.add_argument("--examples", default="examples",
+                        help="folder of the example specs (default: examples)")
+    parser.add_argument("--output", help="write the Markdown report to this file instead of stdout")
+    parser.add_argument("--format", choices=("markdown", "json"), default="markdown")
+    args = parser.parse_args(argv)
+
+    results = run_cases(args.examples)
+    text = render_markdown(results) if args.format == "markdown" else results_as_json(results) + "\n"
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0 if all(result.passed for result in results) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
