@@ -122,20 +122,28 @@ class _Round(NamedTuple):
     step: StepTime
     decodes: jnp.ndarray
     token_time: jnp.ndarray  # seconds between two tokens of one running request
+    budget_bound: jnp.ndarray  # the token budget, not the running count, caps decodes
 
 
 def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, moments, thrash):
-    """A round at steady state: ``running`` requests, admissions replacing completions."""
-    decodes = jnp.minimum(running, max_num_batched_tokens)
+    """A round at steady state: ``running`` requests, admissions replacing completions.
+
+    Each decoded token brings (E[p] + thrash x running_context) / E[o] prefill tokens
+    with it (the admissions that replace completions, and the recomputation of
+    preempted requests). Decodes and that prefill share the token budget, so when the
+    budget cannot carry both, fewer requests decode per round and the rest wait.
+    """
+    prefill_per_decode = (moments.mean_prompt + thrash * moments.running_context) / moments.mean_output
+    budget_decodes = max_num_batched_tokens / (1.0 + prefill_per_decode)
+    decodes = jnp.maximum(jnp.minimum(running, budget_decodes), 1e-6)
     completions = decodes / moments.mean_output
-    prefill = completions * (moments.mean_prompt + thrash * moments.running_context)
-    prefill = jnp.minimum(prefill, jnp.maximum(max_num_batched_tokens - decodes, 0.0))
+    prefill = decodes * prefill_per_decode
     prefill_requests = completions * (1.0 + thrash)
     prefill_context = 0.5 * (moments.mean_prompt + thrash * moments.running_context) / (1.0 + thrash)
     step = round_time(inputs, layout, tp, pp, decodes, prefill, prefill_requests,
                       decodes * moments.running_context, prefill_context)
-    token_time = step.total * running / jnp.maximum(decodes, 1e-9)
-    return _Round(step=step, decodes=decodes, token_time=token_time)
+    token_time = step.total * running / decodes
+    return _Round(step=step, decodes=decodes, token_time=token_time, budget_bound=running > budget_decodes)
 
 
 def _prefill_round_time(inputs, layout, tp, pp, tokens, mean_prompt):
@@ -375,13 +383,24 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
         drain.overflow + drain.overflow_completions * cohort_thrash,
         victims + (requests - running) * thrash,
     )
-    peak_usage = jnp.clip(jnp.where(kv_bound, 1.0, jnp.maximum(running * moments.running_context / capacity,
-                                                                drain.peak_usage)), 0.0, 1.0)
+    # A single cohort binds on KV only if its lockstep demand outgrows the pool.
+    kv_bound = jnp.where(single_cohort, drain.peak_usage > 1.0, kv_bound)
+    peak_usage = jnp.clip(jnp.where(single_cohort, drain.peak_usage,
+                                    jnp.where(kv_bound, 1.0, running * moments.running_context / capacity)),
+                          0.0, 1.0)
 
+    # A queued request's prompt takes its own prefill rounds once it is admitted.
+    prompt_rounds = jnp.maximum(jnp.ceil(moments.mean_prompt / jnp.maximum(budget - steady.decodes, 1.0)), 1.0)
     ttft_values, e2e_values = _batch_latencies(
         inputs, moments, requests, admitted, running, victims, single_cohort, fill_time, shrink_time,
-        recompute_time, shrink.ages, steady, thrash, completion_rate, drain,
+        recompute_time, steady_time, shrink.ages, shrink.victim_age, steady, thrash, completion_rate, drain,
+        (prompt_rounds - 1.0) * steady.step.total,
     )
+    # No request ends after the last one: the phases' joins can overshoot by a little
+    # (the slowest replica's extra work is spread over the steady phase), so latencies
+    # are capped at the makespan.
+    ttft_values = jnp.minimum(ttft_values, makespan)
+    e2e_values = jnp.minimum(e2e_values, makespan)
     weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
     ttft = _latency(jnp.mean(ttft_values), ttft_values, weights)
     outputs = inputs.output_values
@@ -403,53 +422,61 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
         preemptions_per_request=preemptions / inputs.num_requests,
         running_requests=running,
         step=steady.step,
-        kv_bound=kv_bound | (drain.peak_usage > 1.0),
-        budget_bound=running > budget,
+        kv_bound=kv_bound,
+        budget_bound=steady.budget_bound,
         keeps_up=jnp.array(True),
         max_arrival_rate_per_s=dp * completion_rate,
     )
 
 
 def _batch_latencies(inputs, moments, requests, admitted, running, victims, single_cohort, fill_time,
-                     shrink_time, recompute_time, shrink_age, steady, thrash, completion_rate, drain):
+                     shrink_time, recompute_time, steady_time, shrink_age, victim_age, steady, thrash,
+                     completion_rate, drain, prompt_rounds_time):
     """TTFT by admission order and end-to-end latency by (admission order, output length).
 
     Requests are served in order. The first ``admitted`` get their first token during the
     fill; of those, the last ``victims`` are preempted by the shrink and wait at the
     front of the queue for completions to free their blocks; the rest are admitted one
-    per completion after them. A single cohort finishes a request of output o when the
-    cohort reaches age o.
+    per completion after them. Every request decodes at the steady token time until the
+    queue is empty, then at the drain's pace: a request with k tokens left when the
+    drain starts ends when the drain's cohort reaches age k. A single cohort finishes a
+    request of output o when the cohort reaches age o.
     """
     outputs = inputs.output_values[None, :]
     order = ((jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests)[:, None]
     first_token = steady.step.total
+    # Admissions from the queue are spread over the steady phase, which ends with the
+    # last one; this keeps every request's latency within the makespan.
+    admission_rate = jnp.maximum(requests - running, 1.0) / jnp.maximum(steady_time, 1e-9)
+    admission_rate = jnp.where(steady_time > 0, admission_rate, completion_rate)
 
     in_fill = order < admitted
     fill_ttft = fill_time * (order + 1.0) / jnp.maximum(admitted, 1.0)
     queue_start = fill_time + shrink_time + recompute_time
-    queued_ttft = queue_start + (order - admitted + victims) / completion_rate
+    queued_ttft = queue_start + (order - admitted + victims) / admission_rate + prompt_rounds_time
     ttft = jnp.where(in_fill, fill_ttft, queued_ttft) + first_token
 
-    # Time per token at steady state includes the wait after each thrash preemption.
-    token_time = steady.token_time
-    thrash_wait = thrash / completion_rate
+    # Where each request starts its steady decoding, and the tokens it already has.
     kept = order < running
     is_victim = in_fill & ~kept
-    in_drain = order >= requests - running
-    shrink_tokens = jnp.minimum(outputs - 1.0, shrink_age)
-    shrink_token_time = shrink_time / jnp.maximum(shrink_age, 1.0)
-    drain_token_time = drain.seconds / jnp.maximum(drain.tokens / jnp.maximum(running, 1.0), 1.0)
-    late_token_time = jnp.where(in_drain, drain_token_time, token_time)
+    victim_start = queue_start + (order - running) / admission_rate
+    decode_start = jnp.where(kept, queue_start, jnp.where(is_victim, victim_start, ttft))
+    tokens_before = jnp.where(kept, jnp.minimum(outputs - 1.0, shrink_age),
+                              jnp.where(is_victim, jnp.minimum(outputs - 1.0, victim_age), 0.0))
 
-    kept_e2e = ttft + shrink_tokens * shrink_token_time + (outputs - 1.0 - shrink_tokens) * token_time
-    victim_wait = shrink_time + recompute_time + (order - running) / completion_rate
-    victim_e2e = ttft + victim_wait + (outputs - 1.0) * token_time
-    queued_e2e = ttft + (outputs - 1.0) * late_token_time + thrash_wait
-    queue_e2e = jnp.where(kept, kept_e2e, jnp.where(is_victim, victim_e2e, queued_e2e))
+    # Each preemption at steady state waits for a completion before its recomputation.
+    token_time = steady.token_time + thrash / completion_rate / jnp.maximum(outputs - 1.0, 1.0)
+    drain_start = queue_start + steady_time
+    remaining = jnp.maximum(outputs - 1.0 - tokens_before, 0.0)
+    steady_tokens = jnp.clip((drain_start - decode_start) / token_time, 0.0, remaining)
+    drain_tokens = remaining - steady_tokens
+    drain_part = jnp.interp(drain_tokens, jnp.concatenate([jnp.zeros(1), drain.ages]),
+                            jnp.concatenate([jnp.zeros(1), drain.finish_s]))
+    queue_e2e = decode_start + steady_tokens * token_time + drain_part
 
     cohort_finish = jnp.interp(inputs.output_values, drain.ages, drain.finish_s)[None, :]
     cohort_e2e = fill_ttft + first_token + cohort_finish
-    e2e = jnp.where(single_cohort, cohort_e2e, queue_e2e)
+    e2e = jnp.where(single_cohort, cohort_e2e, jnp.maximum(queue_e2e, ttft))
     ttft = jnp.where(single_cohort, fill_ttft + first_token, ttft)
     return ttft[:, 0], e2e
 
@@ -465,6 +492,17 @@ def _queue_wait(servers, utilization, service_s, service_cv2):
     wait_probability = jnp.power(rho, exponent)
     mean_wait = wait_probability / (servers * (1.0 - rho)) * service_s * (1.0 + service_cv2) / 2.0
     return mean_wait, wait_probability
+
+
+def _prompt_prefill_s(inputs, steady, budget):
+    """Time from admission to the first token for each prompt length bin.
+
+    A prompt is prefilled in chunks of the budget left after the round's decodes, one
+    chunk per round, and the round that finishes it also samples its first token.
+    """
+    chunk = jnp.maximum(budget - steady.decodes, 1.0)
+    rounds = jnp.maximum(jnp.ceil(inputs.prompt_values / chunk), 1.0)
+    return rounds * steady.step.total
 
 
 def _output_cv2(inputs: ModelInputs, moments: Moments):
@@ -499,7 +537,7 @@ def _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_b
         running_requests=running,
         step=steady.step,
         kv_bound=kv_bound,
-        budget_bound=running > budget,
+        budget_bound=steady.budget_bound,
         keeps_up=keeps_up,
         max_arrival_rate_per_s=max_rate,
     )
@@ -549,9 +587,11 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
     waits = jnp.maximum(
         0.0, -conditional_wait * jnp.log((1.0 - quantile_points) / jnp.maximum(wait_probability, 1e-12))
     )
-    ttft_values = waits + steady.step.total
-    weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
-    ttft = _latency(mean_wait + steady.step.total, ttft_values, weights)
+    prefill_s = _prompt_prefill_s(inputs, steady, budget)
+    wait_weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
+    ttft_values = (waits[:, None] + prefill_s[None, :]).reshape(-1)
+    weights = (wait_weights[:, None] * inputs.prompt_probabilities[None, :]).reshape(-1)
+    ttft = _latency(mean_wait + jnp.sum(inputs.prompt_probabilities * prefill_s), ttft_values, weights)
     e2e = _e2e_from(inputs, ttft_values, weights, steady.token_time)
 
     nan = jnp.nan
@@ -582,11 +622,11 @@ def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp,
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
     queue_wait = jnp.maximum(clients - running, 0.0) / completion_rate
-    ttft_value = queue_wait + steady.step.total
-    ttft = Latency(mean=ttft_value, p50=ttft_value, p90=ttft_value, p99=ttft_value)
-    weights = jnp.ones(1)
+    ttft_values = queue_wait + _prompt_prefill_s(inputs, steady, budget)
+    weights = inputs.prompt_probabilities
+    ttft = _latency(jnp.sum(weights * ttft_values), ttft_values, weights)
     token_time = steady.token_time + thrash / completion_rate * moments.mean_inverse_output
-    e2e = _e2e_from(inputs, jnp.reshape(ttft_value, (1,)), weights, token_time)
+    e2e = _e2e_from(inputs, ttft_values, weights, token_time)
 
     slots = jnp.maximum(jnp.minimum(max_num_seqs, kv_running), 1.0)
     saturated = _steady_round(inputs, layout, tp, pp, budget, slots, moments, 0.0)
