@@ -18,12 +18,20 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 
 FORMATS = ("table", "json", "csv", "markdown")
+DEFAULT_TOP = 10
+CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
 
 # Modules that each define one more subcommand: ``add_parser(subparsers)`` adds its
 # parser and sets ``handler`` to a function that takes the parsed arguments and returns
 # the exit code. They are imported only to build the parser; keep their top-level
 # imports light.
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "kvplan.commands.launch",
+    "kvplan.commands.schema",
+    "kvplan.commands.check",
+    "kvplan.commands.sweep",
+    "kvplan.commands.size",
+)
 
 logger = logging.getLogger("kvplan")
 
@@ -70,7 +78,8 @@ def _build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--trials", type=int, default=None,
                           help="Optuna trials before the local polish (default: 200)")
     optimize.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
-    optimize.add_argument("--top", type=int, default=10, help="rows to print (default: 10)")
+    optimize.add_argument("--top", type=int, default=None,
+                          help="rows to print (default: 10, or every row with --all)")
     optimize.add_argument("--exhaustive", action="store_true",
                           help="evaluate every point of the search space instead of sampling")
     optimize.add_argument("--all", action="store_true", dest="all_deployments",
@@ -108,6 +117,8 @@ def parse_config(text: str) -> dict[str, Any]:
         key = key.strip()
         if not separator or not key or not value.strip():
             raise UsageError(f"invalid --config item {item!r}; write KEY=VALUE, for example tp=2")
+        if key not in CONFIG_KEYS:
+            raise UsageError(f"--config has an unknown key {key!r}; allowed: {', '.join(CONFIG_KEYS)}")
         if key in config:
             raise UsageError(f"--config sets {key} twice in {text!r}")
         value = value.strip()
@@ -116,6 +127,10 @@ def parse_config(text: str) -> dict[str, Any]:
         except ValueError:
             kind = "a number" if key == "gpu_memory_utilization" else "an integer"
             raise UsageError(f"--config {key} must be {kind}, but got {value!r}") from None
+        if key == "gpu_memory_utilization" and not 0 < config[key] <= 1:
+            raise UsageError(f"--config gpu_memory_utilization must be in (0, 1], but got {value}")
+        if key != "gpu_memory_utilization" and config[key] < 1:
+            raise UsageError(f"--config {key} must be at least 1, but got {value}")
     if not config:
         raise UsageError(f"--config {text!r} sets nothing; write for example dp=1,tp=8")
     return config
@@ -139,16 +154,18 @@ def _run_optimize(args: argparse.Namespace) -> int:
     from kvplan.output import render_result
     from kvplan.spec import load_plan
 
-    if args.top < 1:
+    if args.top is not None and args.top < 1:
         raise UsageError(f"--top must be at least 1, but got {args.top}")
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, but got {args.trials}")
     plan = load_plan(args.plan)
     logger.info("searching plan %s", plan.name)
     result = optimize(plan, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive)
+    top = args.top
     if not args.all_deployments:
         result = result.best_per_layout()
-    sys.stdout.write(render_result(result, args.format, top=args.top))
+        top = top or DEFAULT_TOP
+    sys.stdout.write(render_result(result, args.format, top=top))
     return _exit_code_for(result)
 
 
@@ -174,9 +191,15 @@ def _exit_code_for(result) -> int:
     return EXIT_FAILURE
 
 
+# Options of the top-level parser that may also follow the subcommand.
+GLOBAL_FLAGS = ("-v", "--verbose", "--traceback")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    arguments = [a for a in arguments if a in GLOBAL_FLAGS] + [a for a in arguments if a not in GLOBAL_FLAGS]
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -186,6 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="kvplan: %(message)s",
         stream=sys.stderr,
     )
+    # JAX logs backend discovery at INFO; only kvplan's own messages are wanted.
+    logging.getLogger("jax").setLevel(logging.WARNING)
     from kvplan.spec.errors import KvplanError
 
     try:

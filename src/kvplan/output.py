@@ -47,13 +47,33 @@ def _format_percent(value: float | None) -> str:
     return "-" if value is None else f"{value * 100:.0f}%"
 
 
-def _relative(value: float | None, best: float | None, direction: str) -> str:
+def _shortfall(value: float | None, best: float | None, direction: str) -> str:
+    """How far ``value`` falls behind ``best`` on the objective, as a positive percentage.
+
+    For a minimized objective that is value / best - 1 (a 10 % longer makespan); for a
+    maximized one 1 - value / best (10 % fewer tokens per second). A row ahead of the
+    reference, which can happen when the reference is the best SLA-meeting row, shows a
+    negative number.
+    """
     if value is None or best is None or best == 0:
         return "-"
-    change = value / best - 1.0
-    if abs(change) < 0.0005:
+    if direction == "minimize":
+        shortfall = value / best - 1.0
+    else:
+        shortfall = 1.0 - value / best
+    if abs(shortfall) < 0.0005:
         return "="
-    return f"{change * 100:+.1f}%"
+    return f"{shortfall * 100:.1f}%"
+
+
+# Longest infeasibility reason shown in a table cell; JSON and CSV carry the whole text.
+MAX_REASON_CHARACTERS = 70
+
+
+def _shorten(text: str) -> str:
+    if len(text) <= MAX_REASON_CHARACTERS:
+        return text
+    return text[: MAX_REASON_CHARACTERS - 3].rstrip() + "..."
 
 
 def _objective_direction(objective: str) -> str:
@@ -104,7 +124,11 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
     if mode == "batch":
         headers.append("makespan")
     headers += ["tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV/replica", "KV peak",
-                "preempt", "bound by", "vs best", "SLA"]
+                "preempt", "bound by"]
+    show_cost = result.plan.node.price_per_gpu_hour is not None
+    if show_cost:
+        headers.append("$/M tok")
+    headers += ["behind", "SLA"]
     if mode == "rate":
         headers.insert(headers.index("tok/s"), "max req/s")
 
@@ -119,7 +143,7 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
             row.append(f"{config.gpu_memory_utilization:g}")
         if not evaluation.feasible:
             filler = len(headers) - len(row) - 1
-            row += ["-"] * filler + [f"infeasible: {evaluation.infeasible_reason}"]
+            row += ["-"] * filler + [f"infeasible: {_shorten(evaluation.infeasible_reason or '')}"]
             rows.append(row)
             continue
         if mode == "batch":
@@ -135,8 +159,17 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
             _format_percent(metrics["peak_kv_usage"]),
             format_count(metrics["preemptions"]),
             metrics["bottleneck"],
-            _relative(ranked.objective_value, best_value, direction) if ranked is not best else "best",
-            "met" if ranked.sla_met else "; ".join(ranked.violations),
+        ]
+        if show_cost:
+            cost = metrics.get("cost_per_million_tokens")
+            row.append("-" if cost is None else f"{cost:.3g}")
+        if not result.plan.sla and metrics.get("keeps_up") is not False:
+            verdict = "-"
+        else:
+            verdict = "met" if ranked.sla_met else "; ".join(ranked.violations)
+        row += [
+            _shortfall(ranked.objective_value, best_value, direction) if ranked is not best else "best",
+            verdict,
         ]
         rows.append(row)
     return headers, rows
@@ -145,7 +178,8 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
 def _footer(result: SearchResult) -> list[str]:
     lines = [
         "Columns: seqs = max_num_seqs, batch = max_num_batched_tokens, KV/replica = KV cache "
-        "capacity in tokens, bound by = what limits the deployment."
+        "capacity in tokens, bound by = what limits the deployment, behind = how far the "
+        "objective falls short of the best row."
     ]
     if result.infeasible_reasons:
         parts = ", ".join(f"{count} x {reason}" for reason, count in result.infeasible_reasons.items())
@@ -166,10 +200,10 @@ def _footer(result: SearchResult) -> list[str]:
         )
         if metrics.get("makespan_s") is not None:
             summary += f"; makespan {format_seconds(metrics['makespan_s'])}"
-        summary += (
-            f", {format_count(metrics['output_tokens_per_s'])} output tokens/s, "
-            f"bound by {metrics['bottleneck'].replace('_', ' ')}"
-        )
+        summary += f", {format_count(metrics['output_tokens_per_s'])} output tokens/s"
+        if metrics.get("cost_per_million_tokens") is not None:
+            summary += f", ${metrics['cost_per_million_tokens']:.3g} per million output tokens"
+        summary += f", bound by {metrics['bottleneck'].replace('_', ' ')}"
         lines.append(summary)
     return lines
 
@@ -185,7 +219,8 @@ def render_result(result: SearchResult, output_format: str, *, top: int | None) 
     body = tabulate(rows, headers=headers, tablefmt=table_format, disable_numparse=True)
     lines = _describe_plan(result)
     if output_format == "markdown":
-        return "\n".join([*lines, "", body, "", *_footer(result)]) + "\n"
+        # Markdown joins adjacent lines into one paragraph, so every line stands alone.
+        return "\n\n".join([*lines, body, *_footer(result)]) + "\n"
     return "\n".join([*lines, "", body, "", *_footer(result)]) + "\n"
 
 

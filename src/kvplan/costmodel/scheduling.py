@@ -494,15 +494,22 @@ def _queue_wait(servers, utilization, service_s, service_cv2):
     return mean_wait, wait_probability
 
 
-def _prompt_prefill_s(inputs, steady, budget):
+def _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments):
     """Time from admission to the first token for each prompt length bin.
 
     A prompt is prefilled in chunks of the budget left after the round's decodes, one
-    chunk per round, and the round that finishes it also samples its first token.
+    chunk per round; each of those rounds carries the steady decodes plus the chunk, and
+    the round that finishes the prompt also samples its first token.
     """
-    chunk = jnp.maximum(budget - steady.decodes, 1.0)
-    rounds = jnp.maximum(jnp.ceil(inputs.prompt_values / chunk), 1.0)
-    return rounds * steady.step.total
+    chunk_limit = jnp.maximum(budget - steady.decodes, 1.0)
+    prompts = inputs.prompt_values
+    rounds = jnp.maximum(jnp.ceil(prompts / chunk_limit), 1.0)
+    chunks = prompts / rounds
+    round_s = jax.vmap(
+        lambda chunk: round_time(inputs, layout, tp, pp, steady.decodes, chunk, 1.0,
+                                 steady.decodes * moments.running_context, 0.5 * chunk).total
+    )(chunks)
+    return rounds * jnp.maximum(round_s, steady.step.total)
 
 
 def _output_cv2(inputs: ModelInputs, moments: Moments):
@@ -587,7 +594,7 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
     waits = jnp.maximum(
         0.0, -conditional_wait * jnp.log((1.0 - quantile_points) / jnp.maximum(wait_probability, 1e-12))
     )
-    prefill_s = _prompt_prefill_s(inputs, steady, budget)
+    prefill_s = _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments)
     wait_weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
     ttft_values = (waits[:, None] + prefill_s[None, :]).reshape(-1)
     weights = (wait_weights[:, None] * inputs.prompt_probabilities[None, :]).reshape(-1)
@@ -622,7 +629,7 @@ def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp,
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
     queue_wait = jnp.maximum(clients - running, 0.0) / completion_rate
-    ttft_values = queue_wait + _prompt_prefill_s(inputs, steady, budget)
+    ttft_values = queue_wait + _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments)
     weights = inputs.prompt_probabilities
     ttft = _latency(jnp.sum(weights * ttft_values), ttft_values, weights)
     token_time = steady.token_time + thrash / completion_rate * moments.mean_inverse_output

@@ -154,14 +154,17 @@ def _objective_direction(plan: Plan) -> tuple[str, str]:
 
 
 def _sort_key(direction: str, ranked: RankedDeployment) -> tuple:
+    """Order: SLA met, then SLA missed (keeping up before not, fewer misses first), then
+    infeasible; within a group by objective, then by fewer GPUs."""
     evaluation = ranked.evaluation
     if not evaluation.feasible:
-        return (2, 0.0, evaluation.config.gpus)
+        return (2, False, 0, 0.0, evaluation.config.gpus)
     value = ranked.objective_value
     if value is None:
         value = math.inf
     signed = value if direction == "minimize" else -value
-    return (0 if ranked.sla_met else 1, signed, evaluation.config.gpus)
+    falls_behind = evaluation.metrics.get("keeps_up") is False
+    return (0 if ranked.sla_met else 1, falls_behind, len(ranked.violations), signed, evaluation.config.gpus)
 
 
 def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeployment]:
@@ -189,6 +192,13 @@ def _reason_category(reason: str) -> str:
     return reason
 
 
+def _violation_category(violation: str) -> str:
+    """Group SLA violations by what they miss: "ttft p99", "cannot keep up", ..."""
+    if violation.startswith("cannot keep up"):
+        return "cannot keep up"
+    return " ".join(violation.split(" ")[:2])
+
+
 def _summaries(ranked: list[RankedDeployment]) -> tuple[dict[str, int], dict[str, int]]:
     infeasible = collections.Counter()
     violated = collections.Counter()
@@ -196,7 +206,7 @@ def _summaries(ranked: list[RankedDeployment]) -> tuple[dict[str, int], dict[str
         if not result.evaluation.feasible:
             infeasible[_reason_category(result.evaluation.infeasible_reason or "")] += 1
         for violation in result.violations:
-            violated[violation.split(" ")[0] + " " + violation.split(" ")[1]] += 1
+            violated[_violation_category(violation)] += 1
     return dict(infeasible.most_common()), dict(violated.most_common())
 
 
