@@ -6,8 +6,12 @@ example plans and their search results are loaded once per session and reused.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import functools
+import os
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +22,11 @@ import yaml
 import kvplan
 from kvplan.optimizer.search import SearchResult
 from kvplan.spec.types import Plan
+
+# The kvplan command caches compiled models under the user's home by default; the
+# commands that tests start write to a folder of their own, removed at exit.
+os.environ["KVPLAN_CACHE_DIR"] = tempfile.mkdtemp(prefix="kvplan-test-jax-cache-")
+atexit.register(shutil.rmtree, os.environ["KVPLAN_CACHE_DIR"], ignore_errors=True)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES_DIR = REPO_ROOT / "examples"

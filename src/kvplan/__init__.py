@@ -23,6 +23,7 @@ _EXPORTS = {
     "load_plan": "kvplan.spec",
     "load_plan_from_string": "kvplan.spec",
     "load_plan_from_dict": "kvplan.spec",
+    "load_plan_with_overrides": "kvplan.spec",
     "validate_paths": "kvplan.spec",
     "optimize": "kvplan.optimizer.search",
     "evaluate": "kvplan.optimizer.search",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Any, Sequence
 
@@ -138,10 +139,11 @@ def parse_config(text: str) -> dict[str, Any]:
 
 def _run_validate(args: argparse.Namespace) -> int:
     from kvplan.output import render_validation
-    from kvplan.spec import validate_paths
+    from kvplan.spec.loader import validate_files
 
-    issues = validate_paths(args.paths)
-    sys.stdout.write(render_validation(args.paths, issues, args.format))
+    report = validate_files(args.paths)
+    issues = list(report.issues)
+    sys.stdout.write(render_validation(args.paths, issues, args.format, files=report.files))
     if issues:
         files = len({issue.file for issue in issues})
         print(f"kvplan: {len(issues)} problem(s) in {files} file(s)", file=sys.stderr)
@@ -195,6 +197,32 @@ def _exit_code_for(result) -> int:
 GLOBAL_FLAGS = ("-v", "--verbose", "--traceback")
 
 
+def configure_compilation_cache() -> str | None:
+    """Point JAX's persistent compilation cache at kvplan's cache folder; return the folder.
+
+    Compiling the cost model takes seconds, and a later run with the same plan shapes
+    loads the compiled model from this folder instead. KVPLAN_CACHE_DIR sets the folder
+    (default: $XDG_CACHE_HOME/kvplan/jax, else ~/.cache/kvplan/jax), KVPLAN_NO_CACHE=1
+    turns the cache off, and without KVPLAN_CACHE_DIR a JAX_COMPILATION_CACHE_DIR set by
+    the caller is kept. JAX reads these settings from the environment when it is
+    imported, so a program that imported JAX before calling ``main`` keeps its own JAX
+    settings (returns None).
+    """
+    if "jax" in sys.modules:
+        return None
+    if os.environ.get("KVPLAN_NO_CACHE", "") not in ("", "0"):
+        os.environ["JAX_ENABLE_COMPILATION_CACHE"] = "false"
+        return None
+    folder = os.environ.get("KVPLAN_CACHE_DIR")
+    if not folder:
+        if os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+            return os.environ["JAX_COMPILATION_CACHE_DIR"]
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        folder = os.path.join(base, "kvplan", "jax")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = folder
+    return folder
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     arguments = [a for a in arguments if a in GLOBAL_FLAGS] + [a for a in arguments if a not in GLOBAL_FLAGS]
@@ -211,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     # JAX logs backend discovery at INFO; only kvplan's own messages are wanted.
     logging.getLogger("jax").setLevel(logging.WARNING)
+    cache_folder = configure_compilation_cache()
+    logger.info("JAX compilation cache: %s", cache_folder or "not set by kvplan")
     from kvplan.spec.errors import KvplanError
 
     try:
@@ -235,4 +265,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Under ``python -m kvplan.cli`` this file runs as ``__main__``, a second copy of the
+    # module; the command modules import ``kvplan.cli``, so call that copy's ``main`` to
+    # keep one ``UsageError`` class.
+    from kvplan.cli import main as _main
+
+    raise SystemExit(_main())

@@ -5,13 +5,16 @@ from __future__ import annotations
 import csv
 import io
 import json
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tabulate import tabulate
 
 from kvplan.formatting import format_count, format_seconds
-from kvplan.optimizer.search import SCHEMA_VERSION, RankedDeployment, SearchResult
 from kvplan.spec.errors import SpecIssue
+
+if TYPE_CHECKING:
+    # The search module imports JAX (about a second); `kvplan validate` renders without it.
+    from kvplan.optimizer.search import RankedDeployment, SearchResult
 
 OBJECTIVE_TITLES = {
     "makespan_s": "minimize makespan",
@@ -257,12 +260,15 @@ def _render_csv(results: Sequence[RankedDeployment]) -> str:
     return buffer.getvalue()
 
 
-def render_validation(paths: Sequence[str], issues: Sequence[SpecIssue], output_format: str) -> str:
+def render_validation(paths: Sequence[str], issues: Sequence[SpecIssue], output_format: str,
+                      files: Sequence[str] = ()) -> str:
     if output_format == "json":
+        from kvplan.optimizer.search import SCHEMA_VERSION
         document = {
             "schema_version": SCHEMA_VERSION,
             "valid": not issues,
             "paths": list(paths),
+            "files": list(files),
             "errors": [
                 {"file": i.file, "line": i.line, "column": i.column, "path": i.path, "message": i.message}
                 for i in issues
@@ -270,5 +276,5 @@ def render_validation(paths: Sequence[str], issues: Sequence[SpecIssue], output_
         }
         return json.dumps(document, indent=2) + "\n"
     if not issues:
-        return f"ok: {len(paths)} path(s) valid\n"
+        return f"ok: {len(files)} spec file(s) valid in {len(paths)} path(s)\n"
     return "".join(f"{issue}\n" for issue in issues)

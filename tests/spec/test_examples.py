@@ -36,7 +36,10 @@ def test_examples_present() -> None:
 
 
 def test_examples_folder_valid() -> None:
-    assert [str(issue) for issue in validate_paths([EXAMPLES_DIR])] == []
+    # examples/gitops/broken/ is invalid on purpose; tests/gitops checks its errors.
+    broken = EXAMPLES_DIR / "gitops" / "broken"
+    issues = validate_paths([EXAMPLES_DIR])
+    assert [str(issue) for issue in issues if broken not in Path(issue.file).parents] == []
 
 
 @pytest.mark.parametrize("path", MODEL_FILES, ids=lambda path: path.stem)

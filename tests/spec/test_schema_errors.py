@@ -92,7 +92,7 @@ def test_spec_error_message_lists_every_issue(write) -> None:
             "$.zzz",
             5,
             1,
-            "unknown key 'zzz'; allowed keys are apiVersion, kind, base, name, config, weight_dtype, kv_cache_dtype",
+            "unknown key 'zzz'; allowed keys are apiVersion, kind, base, name, config, weight_dtype, kv_cache_dtype, hf_repo",
         ),
         (
             "apiVersion: kvplan/v1\nkind: Model\nname: ''\nconfig: c.json\n",

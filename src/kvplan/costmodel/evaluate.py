@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import math
@@ -24,8 +25,11 @@ TP_ACROSS_NODES = 3
 WEIGHTS_DO_NOT_FIT = 4
 KV_TOO_SMALL = 5
 
-# Smallest padded batch; see ``CostModel.evaluate_raw``.
-MIN_BATCH_ROWS = 64
+# Rows of every call of ``evaluate_arrays`` from ``CostModel``: deployments are evaluated
+# in chunks of this many rows, the last one padded, so one plan compiles the model once.
+BATCH_ROWS = 64
+# Older name of ``BATCH_ROWS``.
+MIN_BATCH_ROWS = BATCH_ROWS
 
 _REPLICA_MODELS = {
     "batch": batch_replica,
@@ -86,9 +90,15 @@ def _evaluate_one(inputs: ModelInputs, mode: str, config: ConfigBatch) -> dict[s
     }
 
 
+# Traces of ``evaluate_arrays`` in this process, by arrival mode. Each trace is followed
+# by an XLA compilation unless JAX's persistent compilation cache holds the result.
+TRACE_COUNTS: collections.Counter[str] = collections.Counter()
+
+
 @functools.partial(jax.jit, static_argnames=("mode",))
 def evaluate_arrays(inputs: ModelInputs, configs: ConfigBatch, mode: str) -> dict[str, Any]:
     """Evaluate every row of ``configs``; each output leaf has a leading axis of rows."""
+    TRACE_COUNTS[mode] += 1  # runs only while JAX traces, not on cached calls
     return jax.vmap(_evaluate_one, in_axes=(None, None, 0))(inputs, mode, configs)
 
 
@@ -194,15 +204,22 @@ class CostModel:
     def evaluate_raw(self, deployments: list[Deployment]) -> dict[str, Any]:
         """Evaluate ``deployments`` and return the model's arrays (one row each).
 
-        Batches are padded to a power of two of at least ``MIN_BATCH_ROWS`` rows, so a
-        search with varying batch sizes compiles the model a few times at most.
+        The model runs on chunks of ``BATCH_ROWS`` rows, the last chunk padded with
+        copies of the first deployment, so every call has the same shape and a search
+        compiles the model once per plan whatever its batch sizes.
         """
         rows = len(deployments)
-        padded_rows = max(MIN_BATCH_ROWS, 1 << (rows - 1).bit_length())
+        padded_rows = -(-rows // BATCH_ROWS) * BATCH_ROWS
         padded = list(deployments) + [deployments[0]] * (padded_rows - rows)
         batch = self.config_batch(padded)
-        raw = evaluate_arrays(self.inputs, batch, self.plan.workload.arrival_mode)
-        return jax.tree_util.tree_map(lambda leaf: np.asarray(leaf)[:rows], raw)
+        mode = self.plan.workload.arrival_mode
+        chunks = []
+        for start in range(0, padded_rows, BATCH_ROWS):
+            chunk = jax.tree_util.tree_map(lambda column: column[start:start + BATCH_ROWS], batch)
+            chunks.append(evaluate_arrays(self.inputs, chunk, mode))
+        return jax.tree_util.tree_map(
+            lambda *leaves: np.concatenate([np.asarray(leaf) for leaf in leaves])[:rows], *chunks
+        )
 
     def evaluate(self, deployments: list[Deployment]) -> list[Evaluation]:
         if not deployments:

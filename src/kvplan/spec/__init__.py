@@ -13,6 +13,7 @@ from kvplan.spec.loader import (
     load_plan,
     load_plan_from_dict,
     load_plan_from_string,
+    load_plan_with_overrides,
     load_workload,
     validate_paths,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "load_plan",
     "load_plan_from_dict",
     "load_plan_from_string",
+    "load_plan_with_overrides",
     "load_workload",
     "validate_paths",
 ]

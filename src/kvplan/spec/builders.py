@@ -20,6 +20,7 @@ from kvplan.spec.hf_config import parse_hf_config
 from kvplan.spec.session import API_VERSION, LoadSession, Resolved, builtin_node_document, is_clean
 from kvplan.spec.sources import Origin, SourceMap, parse_field
 from kvplan.spec.types import (
+    DeployedConfig,
     EngineSettings,
     FloatRange,
     IntRange,
@@ -108,6 +109,7 @@ def build_model(session: LoadSession, resolved: Resolved) -> ModelSpec | None:
         architecture=architecture,
         weight_dtype=weight_dtype,
         kv_cache_dtype=data.get("kv_cache_dtype", "auto"),
+        hf_repo=data.get("hf_repo"),
     )
 
 
@@ -261,6 +263,13 @@ def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: Source
         objective = _build_objective(session, source_map, data, node, workload)
     if model is not None and node is not None:
         _check_compute_dtype(session, source_map, model, node)
+    if model is not None and node is not None and search is not None:
+        _check_model_fits(session, source_map, model, node, search)
+    deployed = None
+    if "deployed" in data and engine is not None and is_clean(problems, ("deployed",)):
+        deployed = _build_deployed(data["deployed"], engine)
+        if search is not None:
+            _check_deployed_budget(session, source_map, deployed, search)
 
     built = (model, node, workload, engine, sla, search, objective)
     if problems or any(part is None for part in built) or len(session.issues) > start:
@@ -276,6 +285,7 @@ def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: Source
         sla=sla,
         search=search,
         objective=objective,
+        deployed=deployed,
     )
 
 
@@ -457,6 +467,98 @@ def _check_compute_dtype(session: LoadSession, source_map: SourceMap, model: Mod
             ("hardware", "node"),
             f"node {node.name!r} has no peak_flops entry for {model.weight_dtype}, the weight dtype of"
             f" model {model.name!r}",
+        )
+
+
+def _check_model_fits(
+    session: LoadSession, source_map: SourceMap, model: ModelSpec, node: NodeSpec, search: SearchSpace
+) -> None:
+    """Report a model whose weights fit on no GPU of the node at any split the search allows.
+
+    Only the weights are compared with the usable memory, so a plan is rejected here only
+    when no deployment can run it; the activation and runtime reserves are left to the
+    cost model, which marks the deployments they exclude infeasible.
+    """
+    # Imported here because kvplan.costmodel imports kvplan.spec.types, which loads this
+    # package first.
+    from kvplan.costmodel.architecture import parallel_layout
+
+    smallest_dp = min(search.dp) if search.dp else 1
+    tp_values = search.tp or _powers_of_two_up_to(min(search.gpu_budget, node.gpus_per_node))
+    pp_values = search.pp or _powers_of_two_up_to(search.gpu_budget)
+    lightest: tuple[float, int, int] | None = None
+    for tp in tp_values:
+        for pp in pp_values:
+            if tp > node.gpus_per_node or smallest_dp * tp * pp > search.gpu_budget:
+                continue
+            layout = parallel_layout(model, tp, pp)
+            if not layout.valid:
+                continue
+            bytes_per_gpu = max(stage.weight_bytes for stage in layout.stages)
+            if lightest is None or bytes_per_gpu < lightest[0]:
+                lightest = (bytes_per_gpu, tp, pp)
+    if lightest is None:
+        # No split is valid at all, and the cost model gives the reason for each one.
+        return
+
+    utilization = _largest_utilization(search.gpu_memory_utilization)
+    usable_bytes = node.gpu_memory_bytes * utilization
+    bytes_per_gpu, tp, pp = lightest
+    if bytes_per_gpu <= usable_bytes:
+        return
+    limits = f"gpu_budget {search.gpu_budget}"
+    if search.dp or search.tp or search.pp:
+        limits += " and the search's dp, tp and pp values"
+    remedy = "raise gpu_budget or hardware.nodes"
+    if model.weight_dtype != "fp8":
+        remedy += ", or serve the weights in fp8"
+    session.report(
+        source_map,
+        ("model",),
+        f"model {model.name!r} does not fit node {node.name!r}: its weights need {bytes_per_gpu / 1e9:.1f} GB"
+        f" per GPU even at tp {tp} x pp {pp}, the lightest split within {limits}, but"
+        f" gpu_memory_utilization {utilization:g} leaves {usable_bytes / 1e9:.1f} GB of each"
+        f" {node.gpu_memory_bytes / 1e9:.1f} GB GPU; {remedy}",
+    )
+
+
+def _powers_of_two_up_to(limit: int) -> tuple[int, ...]:
+    values = []
+    value = 1
+    while value <= limit:
+        values.append(value)
+        value *= 2
+    return tuple(values)
+
+
+def _largest_utilization(values: tuple[float, ...] | FloatRange) -> float:
+    if isinstance(values, FloatRange):
+        return values.high
+    return max(values)
+
+
+def _build_deployed(spec: Mapping[str, Any], engine: EngineSettings) -> DeployedConfig:
+    return DeployedConfig(
+        dp=int(spec["dp"]),
+        tp=int(spec["tp"]),
+        pp=int(spec["pp"]),
+        max_num_seqs=int(spec.get("max_num_seqs", engine.max_num_seqs)),
+        max_num_batched_tokens=int(spec.get("max_num_batched_tokens", engine.max_num_batched_tokens)),
+        gpu_memory_utilization=float(spec.get("gpu_memory_utilization", engine.gpu_memory_utilization)),
+    )
+
+
+def _check_deployed_budget(
+    session: LoadSession, source_map: SourceMap, deployed: DeployedConfig, search: SearchSpace
+) -> None:
+    if deployed.gpus > search.gpu_budget:
+        session.report(
+            source_map,
+            ("deployed",),
+            f"the deployed dp {deployed.dp} x tp {deployed.tp} x pp {deployed.pp} uses {deployed.gpus} GPUs,"
+            f" more than gpu_budget {search.gpu_budget}; correct deployed, or raise search.gpu_budget"
+            " (and hardware.nodes) to the GPUs it uses",
+            at_key=True,
         )
 
 

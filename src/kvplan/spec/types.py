@@ -82,6 +82,9 @@ class ModelSpec:
     architecture: Architecture
     weight_dtype: WeightDtype
     kv_cache_dtype: KVCacheDtype
+    # Hugging Face Hub repository that ``kvplan launch`` passes to ``vllm serve``, or None
+    # when the spec names none.
+    hf_repo: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +147,8 @@ class EngineSettings:
     require_full_prompt_admission: bool = False
     # Batches in flight under pipeline parallelism; None means pp_size.
     pp_batches_in_flight: int | None = None
-    # Overrides the computed KV cache size (vLLM's --kv-cache-memory), in tokens per replica.
+    # Overrides the computed KV cache size, in tokens per replica. vLLM's
+    # --kv-cache-memory-bytes sets it in bytes per GPU instead.
     kv_cache_tokens: int | None = None
     max_num_seqs: int = 1024
     max_num_batched_tokens: int = 8192
@@ -196,6 +200,28 @@ class SearchSpace:
 
 
 @dataclasses.dataclass(frozen=True)
+class DeployedConfig:
+    """The deployment running now, from a plan's ``deployed`` section.
+
+    Settings the section leaves out are filled from the plan's engine settings.
+    """
+
+    dp: int
+    tp: int
+    pp: int
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    gpu_memory_utilization: float
+
+    @property
+    def gpus(self) -> int:
+        return self.dp * self.tp * self.pp
+
+    def to_dict(self) -> dict[str, int | float]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
 class Plan:
     name: str
     # Path of the plan file, or "<string>" / "<dict>" when loaded from memory.
@@ -208,6 +234,8 @@ class Plan:
     sla: tuple[SLABound, ...]
     search: SearchSpace
     objective: ObjectiveName
+    # The deployment running now, which ``kvplan check`` judges, or None when the plan declares none.
+    deployed: DeployedConfig | None = None
 
 
 DISTRIBUTION_BINS = 64

@@ -17,6 +17,19 @@ JsonPath = tuple[Any, ...]
 
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
+# Deepest nesting of mappings and lists a spec may use. Specs need about 6 levels. The
+# walks below and JSON Schema validation recurse several frames per level, so Python's
+# default limit of 1,000 frames raised RecursionError for a list nested 900 deep.
+MAX_NESTING_DEPTH = 32
+# Values that aliases may add when expanded, beyond those written in the file. Each
+# alias repeats its anchor's whole subtree, so nested aliases grow exponentially: a
+# "billion laughs" file of 1 KB expands to 10^9 values.
+MAX_ALIAS_EXPANSION = 10_000
+# Largest integer a spec may write. Every count kvplan reads has a far smaller limit
+# (kvplan.spec.limits). This one keeps conversions to float finite and turns Python's
+# error for integers of more than 4,300 digits into a message with a position.
+MAX_INTEGER = 2**63
+
 
 @dataclasses.dataclass(frozen=True)
 class Position:
@@ -62,14 +75,17 @@ def format_path(path: JsonPath) -> str:
 def load_yaml(text: str) -> YamlDocument:
     """Parse one YAML document with the safe loader and record node positions.
 
-    Raises YamlSyntaxProblem for invalid YAML, several documents in one file, or
-    an alias that makes the data recursive.
+    Raises YamlSyntaxProblem for invalid YAML, several documents in one file, an alias
+    that makes the data recursive, aliases that expand the data by more than
+    MAX_ALIAS_EXPANSION values, nesting deeper than MAX_NESTING_DEPTH levels and integers
+    above MAX_INTEGER.
     """
-    loader = yaml.SafeLoader(text)
+    loader = _SpecLoader(text)
     try:
         node = loader.get_single_node()
         if node is None:
             return YamlDocument(None, {}, ())
+        _check_alias_expansion(node)
         duplicates: list[tuple[JsonPath, Position]] = []
         _find_duplicate_keys(loader, node, (), duplicates, set())
         data = loader.construct_document(node)
@@ -88,6 +104,90 @@ def load_yaml(text: str) -> YamlDocument:
         raise YamlSyntaxProblem(f"invalid YAML: {error}", None, None) from None
     finally:
         loader.dispose()
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with limits on nesting depth and integer size."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING_DEPTH:
+                mark = self.peek_event().start_mark
+                raise YamlSyntaxProblem(
+                    f"invalid YAML: mappings and lists are nested more than {MAX_NESTING_DEPTH} levels deep",
+                    mark.line + 1,
+                    mark.column + 1,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
+        message = f"integer {_shortened(node.value)} is too large; integers may be at most {MAX_INTEGER:,}"
+        too_large = yaml.constructor.ConstructorError(None, None, message, node.start_mark)
+        try:
+            value = super().construct_yaml_int(node)
+        except ValueError:
+            # Python rejects integer strings of more than 4,300 digits.
+            raise too_large from None
+        if abs(value) > MAX_INTEGER:
+            raise too_large
+        return value
+
+
+_SpecLoader.add_constructor("tag:yaml.org,2002:int", _SpecLoader.construct_yaml_int)
+
+
+def _shortened(text: str, limit: int = 24) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_alias_expansion(root: yaml.Node) -> None:
+    """Raise YamlSyntaxProblem when aliases expand the document by more than MAX_ALIAS_EXPANSION nodes.
+
+    Counts each distinct node once and the expanded tree with one memoized walk, so the
+    check is linear in the size of the file. A back reference (a recursive alias) counts
+    as one node here; _record_positions reports it afterwards.
+    """
+    expanded: dict[int, int] = {}
+    active: set[int] = set()
+    # Iterative post-order walk: (node, children already pushed).
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        identity = id(node)
+        if children_done:
+            active.discard(identity)
+            expanded[identity] = 1 + sum(expanded.get(id(child), 1) for child in _children(node))
+            continue
+        if identity in expanded or identity in active:
+            continue
+        active.add(identity)
+        stack.append((node, True))
+        stack.extend((child, False) for child in _children(node) if id(child) not in expanded)
+    written = len(expanded)
+    if expanded[id(root)] - written > MAX_ALIAS_EXPANSION:
+        mark = root.start_mark
+        raise YamlSyntaxProblem(
+            f"invalid YAML: aliases expand the document to {expanded[id(root)]:,} values from {written:,}"
+            f" written ones, more than the {MAX_ALIAS_EXPANSION:,} extra values allowed; write the values"
+            " out instead of repeating aliases",
+            mark.line + 1,
+            mark.column + 1,
+        )
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.MappingNode):
+        return [item for pair in node.value for item in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    return []
 
 
 def _mark_position(mark: yaml.Mark, key_mark: yaml.Mark | None = None) -> Position:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kvplan.atomic import write_text_atomic
 from kvplan.validation import render_markdown, results_as_json, run_cases
 
 
@@ -20,8 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     results = run_cases(args.examples)
     text = render_markdown(results) if args.format == "markdown" else results_as_json(results) + "\n"
     if args.output:
-        with open(args.output, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        write_text_atomic(args.output, text)
     else:
         sys.stdout.write(text)
     return 0 if all(result.passed for result in results) else 1

@@ -1,0 +1,58 @@
+"""Atomic file writes: a reader sees the old file or the complete new one, never a part.
+
+The text goes to a temporary file in the target's folder, which is flushed to disk and
+then renamed over the target with :func:`os.replace`. A rename within one file system is
+atomic on POSIX and on Windows, so an interrupted run (an exception, Ctrl-C, a full
+disk) leaves an existing target untouched and removes the temporary file, except when
+the process is killed outright (SIGKILL, power loss). A temporary file left that way
+is named ``.NAME.*.tmp`` next to the target.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+PathLike = str | os.PathLike[str]
+
+
+def write_text_atomic(path: PathLike, text: str, *, encoding: str = "utf-8") -> None:
+    """Write ``text`` to ``path`` so that the file is replaced only once it is complete.
+
+    The new file gets the permissions a plain ``open(path, "w")`` would give it: those
+    of the file it replaces, or 0o666 minus the umask for a new file. A symbolic link at
+    ``path`` is replaced by a regular file rather than followed. Raises OSError (and
+    UnicodeEncodeError for text the encoding cannot represent) with the target
+    unchanged.
+    """
+    target = os.fspath(path)
+    folder = os.path.dirname(target) or os.curdir
+    mode = _mode_for(target)
+    descriptor, temporary = tempfile.mkstemp(
+        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder
+    )
+    try:
+        with os.fdopen(descriptor, "w", encoding=encoding) as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temporary, mode)
+        os.replace(temporary, target)
+    except BaseException:
+        # BaseException, so that Ctrl-C during the write also removes the partial file.
+        try:
+            os.unlink(temporary)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _mode_for(target: str) -> int:
+    try:
+        return os.stat(target).st_mode & 0o7777
+    except FileNotFoundError:
+        # NOTE: os.umask can only be read by setting it, so another thread that creates
+        # a file between these two calls gets umask 0.
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask

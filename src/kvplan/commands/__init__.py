@@ -1,0 +1,1 @@
+"""Subcommands of the kvplan CLI that live in their own modules."""
