@@ -15,7 +15,7 @@ import numpy as np
 from kvplan.costmodel.hardware import kv_memory, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs, build_model_inputs
 from kvplan.costmodel.scheduling import batch_replica, concurrency_replica, rate_replica
-from kvplan.spec.types import Plan
+from kvplan.spec.types import Deployment, Plan
 
 # Reason codes returned by the traced model; the Python side turns them into sentences.
 FEASIBLE = 0
@@ -100,25 +100,6 @@ def evaluate_arrays(inputs: ModelInputs, configs: ConfigBatch, mode: str) -> dic
     """Evaluate every row of ``configs``; each output leaf has a leading axis of rows."""
     TRACE_COUNTS[mode] += 1  # runs only while JAX traces, not on cached calls
     return jax.vmap(_evaluate_one, in_axes=(None, None, 0))(inputs, mode, configs)
-
-
-@dataclasses.dataclass(frozen=True)
-class Deployment:
-    """One candidate vLLM deployment."""
-
-    dp: int
-    tp: int
-    pp: int
-    max_num_seqs: int
-    max_num_batched_tokens: int
-    gpu_memory_utilization: float
-
-    @property
-    def gpus(self) -> int:
-        return self.dp * self.tp * self.pp
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 BOTTLENECK_PARTS = ("compute", "weight_bandwidth", "kv_bandwidth", "communication", "engine_overhead")

@@ -200,11 +200,8 @@ class SearchSpace:
 
 
 @dataclasses.dataclass(frozen=True)
-class DeployedConfig:
-    """The deployment running now, from a plan's ``deployed`` section.
-
-    Settings the section leaves out are filled from the plan's engine settings.
-    """
+class Deployment:
+    """One vLLM deployment: parallel degrees and the searched engine settings."""
 
     dp: int
     tp: int
@@ -219,6 +216,11 @@ class DeployedConfig:
 
     def to_dict(self) -> dict[str, int | float]:
         return dataclasses.asdict(self)
+
+
+# A plan's ``deployed`` section: the deployment running now, with the settings the
+# section leaves out filled from the plan's engine settings.
+DeployedConfig = Deployment
 
 
 @dataclasses.dataclass(frozen=True)
