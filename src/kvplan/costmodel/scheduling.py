@@ -32,7 +32,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from kvplan.costmodel.hardware import Layout, Memory, StepTime, round_time
 from kvplan.costmodel.inputs import ModelInputs
@@ -94,7 +93,9 @@ def workload_moments(inputs: ModelInputs) -> Moments:
     return Moments(
         mean_prompt=mean_prompt,
         mean_output=mean_output,
-        output_variance=mean_output_sq - mean_output**2,
+        # Clipped at 0: in float32 the difference of two nearly equal numbers can come out
+        # negative, as for a fixed length of 834,112 tokens, and its square root is NaN.
+        output_variance=jnp.maximum(mean_output_sq - mean_output**2, 0.0),
         running_context=mean_prompt + mean_output_sq / (2.0 * mean_output) + half_block,
         new_request_tokens=mean_prompt + half_block,
         mean_inverse_output=jnp.sum(wo / jnp.maximum(o - 1.0, 1.0)),
@@ -152,69 +153,33 @@ def _prefill_round_time(inputs, layout, tp, pp, tokens, mean_prompt):
                       mean_prompt / 2.0).total
 
 
-# Weights are float32, so a weighted CDF carries rounding of about this size; a sample
-# whose CDF falls short of a target by less is a tie, and the lower sample is taken.
-QUANTILE_CDF_TOLERANCE = 1e-6
-
-
-def _weighted_quantiles_host(values: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Weighted quantiles of the last axis, in NumPy; see ``_weighted_quantiles``.
-
-    Leading axes of ``values`` and ``weights`` broadcast (under ``jax.vmap`` one of them
-    may carry a batch axis of size 1). Returns an array of shape [..., len(QUANTILES)].
-    """
-    values = np.asarray(values, dtype=np.float32)
-    weights = np.asarray(weights, dtype=np.float32)
-    leading = np.broadcast_shapes(values.shape[:-1], weights.shape[:-1])
-    count = values.shape[-1]
-    rows = np.broadcast_to(values, leading + (count,)).reshape(-1, count)
-
-    # One sort of 64-bit keys, the value's bits above the sample's index, orders each row
-    # by value and carries the index along; NumPy sorts integers much faster than it
-    # argsorts floats. The XOR maps float bits to integers in the same order, negative
-    # floats included.
-    bits = rows.view(np.int32)
-    keys = (bits ^ ((bits >> 31) & 0x7FFFFFFF)).astype(np.int64)
-    keys <<= 32
-    keys |= np.arange(count, dtype=np.int64)
-    keys.sort(axis=1)
-    order = np.bitwise_and(keys, 0xFFFFFFFF)
-
-    if weights.size == count:  # the same weights for every row: one flat gather
-        sorted_weights = weights.reshape(count)[order]
-    else:
-        row_weights = np.broadcast_to(weights, leading + (count,)).reshape(-1, count)
-        sorted_weights = np.take_along_axis(row_weights, order, axis=1)
-    cdf = np.cumsum(sorted_weights, axis=1, dtype=np.float64, out=keys.view(np.float64))
-    cdf /= cdf[:, -1:]
-
-    # A CDF within QUANTILE_CDF_TOLERANCE below a target counts as reaching it.
-    positions = np.stack(
-        [np.count_nonzero(cdf < target - QUANTILE_CDF_TOLERANCE, axis=1) for target in QUANTILES], axis=1
-    )
-    samples = np.take_along_axis(order, np.minimum(positions, count - 1), axis=1)
-    result = np.take_along_axis(rows, samples, axis=1)
-
-    # Rows with NaN give NaN, and rows with +inf give +inf for every quantile, as the
-    # bisection search that this function replaced did.
-    nonfinite = ~np.isfinite(rows).all(axis=1)
-    if nonfinite.any():
-        result[nonfinite & np.isposinf(rows).any(axis=1)] = np.inf
-        result[nonfinite & np.isnan(rows).any(axis=1)] = np.nan
-    return result.reshape(leading + (len(QUANTILES),))
+# Bisection steps of the weighted quantile search; 40 halvings of the value range leave an
+# interval far below float32 resolution, and the result snaps to a sample value.
+QUANTILE_BISECTION_STEPS = 40
 
 
 def _weighted_quantiles(values, weights):
     """Return the smallest sample whose weighted CDF reaches each of ``QUANTILES``.
 
-    The sort runs on the host in NumPy through ``jax.pure_callback``: XLA's sort and a
-    bisection over the value range (40 passes over every sample) both cost several
-    times more on CPU. Under ``jax.vmap`` the callback receives the whole batch at once.
+    Bisection over the value range instead of a sort: XLA's sort is slow on CPU, while
+    comparisons against a few thresholds vectorize well.
     """
-    result_shape = jax.ShapeDtypeStruct((len(QUANTILES),), jnp.float32)
-    quantiles = jax.pure_callback(_weighted_quantiles_host, result_shape, values, weights,
-                                  vmap_method="expand_dims")
-    return [quantiles[i] for i in range(len(QUANTILES))]
+    targets = jnp.asarray(QUANTILES, dtype=values.dtype)
+    total = jnp.sum(weights)
+    low = jnp.full(targets.shape, jnp.min(values))
+    high = jnp.full(targets.shape, jnp.max(values))
+
+    def halve(_, bounds):
+        low, high = bounds
+        middle = 0.5 * (low + high)
+        cdf = jnp.sum(weights[None, :] * (values[None, :] <= middle[:, None]), axis=1) / total
+        reached = cdf >= targets
+        return jnp.where(reached, low, middle), jnp.where(reached, middle, high)
+
+    _, high = jax.lax.fori_loop(0, QUANTILE_BISECTION_STEPS, halve, (low, high))
+    at_or_above = values[None, :] >= high[:, None] - 1e-6 * jnp.abs(high[:, None])
+    snapped = jnp.min(jnp.where(at_or_above, values[None, :], jnp.inf), axis=1)
+    return [snapped[i] for i in range(len(QUANTILES))]
 
 
 def _latency(mean, values, weights) -> Latency:
