@@ -226,7 +226,18 @@ def test_check_folder_without_deployed_plans_exit_1(capsys) -> None:
     code, _, err = run_check(capsys, str(GITOPS_DIR / "models"))
 
     assert code == 1
-    assert f"no Plan spec with a deployed section found in {GITOPS_DIR / 'models'}" in err
+    assert f"{GITOPS_DIR / 'models'}: $: no Plan spec with a deployed section found" in err
+
+
+def test_check_folder_with_broken_plan_fails(capsys, tmp_path) -> None:
+    broken = tmp_path / "plans"
+    broken.mkdir()
+    (broken / "broken.yaml").write_text("apiVersion: kvplan/v1\nkind: Plan\nname: x\nsearch: {gpu_budget: [4\n")
+
+    code, _, err = run_check(capsys, str(broken))
+
+    assert code == 1
+    assert "broken.yaml:5:1: $: invalid YAML" in err
 
 
 def test_check_reports_invalid_plans_and_checks_the_rest(capsys) -> None:

@@ -73,8 +73,13 @@ def test_exported_schema_agrees_with_package(kind: str, path: Path) -> None:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
 
     exported_valid = not list(validator.iter_errors(data))
-    packaged_valid = not validate_document(data, kind)
-    assert exported_valid == packaged_valid
+    if "base" in data:
+        # kvplan validates such a document after merging its base, so an editor that
+        # checks the file alone must accept the keys it leaves to the base.
+        assert exported_valid
+    else:
+        packaged_valid = not validate_document(data, kind)
+        assert exported_valid == packaged_valid
 
 
 def test_exported_plan_schema_rejects_misspelled_key() -> None:

@@ -133,7 +133,7 @@ def test_sweep_csv_rows(sweep_runs):
     rows = list(csv.DictReader(io.StringIO(run.stdout)))
 
     assert run.exit_code == 0, run.stderr
-    assert [row["workload.arrival_rate"] for row in rows] == ["1/s", "4/s", "100000/s"]
+    assert [row["set.workload.arrival_rate"] for row in rows] == ["1/s", "4/s", "100000/s"]
     assert [row["status"] for row in rows] == ["met", "met", "sla_missed"]
     assert all(float(row["cost_per_million_tokens"]) > 0 for row in rows)
 
@@ -151,7 +151,7 @@ def test_sweep_grid_of_two_settings(run_cli, rate_plan_path):
     run = run_cli("sweep", rate_plan_path, "--set", "workload.arrival_rate=1/s,2/s",
                   "--set", "hardware.node.price_per_gpu_hour=2.5,5", "--exhaustive", "--format", "csv")
     rows = list(csv.DictReader(io.StringIO(run.stdout)))
-    costs = {(row["workload.arrival_rate"], row["hardware.node.price_per_gpu_hour"]):
+    costs = {(row["set.workload.arrival_rate"], row["set.hardware.node.price_per_gpu_hour"]):
              float(row["cost_per_million_tokens"]) for row in rows}
 
     assert run.exit_code == 0, run.stderr

@@ -123,11 +123,14 @@ def _positive_int(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kvplan.spec.errors import KvplanError
+    from kvplan.spec.errors import SpecIssue
 
     plans, issues = load_deployed_plans(args.paths)
     if not plans and not issues:
-        raise KvplanError(f"no Plan spec with a deployed section found in {', '.join(args.paths)}")
+        # Reported as an issue, so --format json still prints a document.
+        issues = [SpecIssue(path, None, None, "$", "no Plan spec with a deployed section found; add "
+                            "deployed: {dp: ..., tp: ..., pp: ...} to the plan to gate")
+                  for path in args.paths]
     # Plans that load are checked even when others do not, so one run reports everything.
     outcomes = [
         check_plan(plan, max_regret=args.max_regret, trials=args.trials, seed=args.seed,
@@ -186,18 +189,21 @@ def load_deployed_plans(paths: Sequence[str]) -> tuple[list[Plan], list[SpecIssu
 
 
 def _declares_deployment(path: str) -> bool:
-    """Return whether a file found in a folder is a Plan with a deployed section.
+    """Return whether a file found in a folder may be a Plan with a deployed section.
 
-    A file that cannot be read or parsed is skipped here, because kvplan validate reports it.
+    A file that cannot be read or parsed counts, so that loading it reports the problem:
+    a broken plan must fail the gate, not drop out of it.
     """
     from kvplan.spec.session import LoadSession
 
     try:
         document = LoadSession().read_document(path)
     except (OSError, UnicodeDecodeError):
-        return False
+        return True
     data = None if document is None else document.data
-    return isinstance(data, dict) and data.get("kind") == "Plan" and "deployed" in data
+    if not isinstance(data, dict):
+        return True
+    return data.get("kind") == "Plan" and "deployed" in data
 
 
 def check_plan(

@@ -49,9 +49,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     selection = parser.add_mutually_exclusive_group()
     selection.add_argument("--rank", type=int, default=None,
                            help="row of the kvplan optimize ranking to launch (default: 1)")
-    selection.add_argument("--config", metavar="KEY=VALUE,...",
+    selection.add_argument("--config", metavar="KEY=VALUE,...", action="append",
                            help="the deployment to launch, for example dp=2,tp=4,max_num_seqs=1024. "
-                                "Settings left out come from the plan's engine section.")
+                                "Settings left out come from the plan's engine section. Give it once.")
 
     parser.add_argument("--trials", type=int, default=None,
                         help="Optuna trials of the search behind --rank (default: 200)")
@@ -549,7 +549,13 @@ def render_json(plan: Plan, ranked: RankedDeployment, selection: dict[str, Any],
 def _check_arguments(args: argparse.Namespace) -> None:
     from kvplan.cli import UsageError
 
+    if args.config is not None and len(args.config) > 1:
+        # Unlike evaluate, launch starts one deployment, so a second --config is a mistake
+        # rather than a second deployment.
+        raise UsageError("launch takes one --config; put every setting in it, for example "
+                         f"--config {','.join(args.config)}")
     if args.config is not None:
+        args.config = args.config[0]
         search_options = []
         if args.trials is not None:
             search_options.append("--trials")

@@ -110,11 +110,34 @@ def exported_schema(kind: str) -> dict[str, Any]:
         "$comment": GENERATED_COMMENT,
     }
     exported.update(schema)
+    _relax_for_base(exported)
     definitions = dict(own)
     definitions.update((name, shared[name]) for name in shared if name in needed)
     if definitions:
         exported["$defs"] = definitions
     return exported
+
+
+def _relax_for_base(schema: dict[str, Any]) -> None:
+    """Require a kind's keys only of documents without ``base``.
+
+    A document with ``base`` takes the keys it leaves out from its base, so an editor
+    that checks the file alone must not demand them. ``kvplan validate`` checks the
+    merged document against the full schema, so nothing is lost there.
+    """
+    if "base" not in schema.get("properties", {}):
+        return
+    always = [key for key in schema.get("required", []) if key in ("apiVersion", "kind")]
+    conditional: dict[str, Any] = {}
+    rest = [key for key in schema.get("required", []) if key not in always]
+    if rest:
+        conditional["required"] = rest
+    if "oneOf" in schema:
+        conditional["oneOf"] = schema.pop("oneOf")
+    if not conditional:
+        return
+    schema["required"] = always
+    schema.setdefault("allOf", []).append({"if": {"not": {"required": ["base"]}}, "then": conditional})
 
 
 def _localized(value: Any) -> Any:

@@ -205,9 +205,12 @@ def _report(points: Sequence[SweepPoint]) -> int:
         for problem in problems:
             print(f"  {problem}", file=sys.stderr)
     met = sum(point.status == "met" for point in points)
-    if met == 0:
+    if not invalid and met == 0:
         print("kvplan sweep: no point has a deployment that meets the SLA; see the SLA column",
               file=sys.stderr)
+    elif invalid and met == 0:
+        print(f"kvplan sweep: no valid point meets the SLA ({len(invalid)} of {len(points)} points "
+              "are invalid)", file=sys.stderr)
     return EXIT_FAILURE if invalid or met == 0 else EXIT_OK
 
 
@@ -286,16 +289,19 @@ def _render_json(args: argparse.Namespace, settings: Sequence[Setting], points: 
 def _render_csv(settings: Sequence[Setting], points: Sequence[SweepPoint]) -> str:
     from kvplan.commands._tables import DEPLOYMENT_FIELDS, closest_deployment, deployment_fields, render_csv
 
+    # The --set columns are prefixed so that a setting such as `objective` cannot clash
+    # with a result column of the same name.
     rows = []
     for point in points:
         result = point.result
-        row: dict[str, Any] = dict(point.texts)
+        row: dict[str, Any] = {f"set.{path}": text for path, text in point.texts.items()}
         row["status"] = point.status
         row["reason"] = _reason(point) or ""
         row["objective"] = point.plan.objective if point.plan is not None else ""
         row.update(deployment_fields(closest_deployment(result) if result is not None else None))
         rows.append(row)
-    fieldnames = [*(setting.path for setting in settings), "status", "reason", "objective", *DEPLOYMENT_FIELDS]
+    fieldnames = [*(f"set.{setting.path}" for setting in settings), "status", "reason", "objective",
+                  *DEPLOYMENT_FIELDS]
     return render_csv(fieldnames, rows)
 
 
