@@ -1,11 +1,11 @@
 """Atomic file writes: a reader sees the old file or the complete new one, never a part.
 
 The text goes to a temporary file in the target's folder, which is flushed to disk and
-then renamed over the target with :func:`os.replace`. A rename within one file system is
-atomic on POSIX and on Windows, so an interrupted run (an exception, Ctrl-C, a full
-disk) leaves an existing target untouched and removes the temporary file, except when
-the process is killed outright (SIGKILL, power loss). A temporary file left that way
-is named ``.NAME.*.tmp`` next to the target.
+then renamed over the target with :func:`os.replace`. POSIX file systems rename a file
+within one file system atomically. So an interrupted run (an exception, Ctrl-C, a full
+disk) leaves an existing target untouched and removes the temporary file. A process
+killed outright (SIGKILL, power loss) can leave the temporary file, named
+``.NAME.*.tmp`` next to the target, but never a truncated target.
 """
 
 from __future__ import annotations

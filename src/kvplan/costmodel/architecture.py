@@ -794,7 +794,10 @@ def parallel_tables(
     num_stages = max(
         (pp for pp in pp_values if isinstance(pp, int) and not isinstance(pp, bool)), default=1
     )
-    num_stages = max(1, num_stages)
+    # A layout with more stages than layers is invalid and adds no stages, so the stage
+    # axis stops at the layer count; a GPU budget of 2^16 would otherwise allocate tables
+    # of 2^15 stages.
+    num_stages = max(1, min(num_stages, model.architecture.num_hidden_layers))
     shape = (len(tp_values), len(pp_values), num_stages)
     stages = {
         name: np.zeros(shape, dtype=np.int64 if name in _INTEGER_STAGE_FIELDS else np.float64)

@@ -25,6 +25,10 @@ TP_ACROSS_NODES = 3
 WEIGHTS_DO_NOT_FIT = 4
 KV_TOO_SMALL = 5
 
+# Largest rounding error accepted in a reported TPOT, relative to its value; beyond it the
+# TPOT statistics are reported as undefined (see ``CostModel._tpot_resolved``).
+TPOT_RELATIVE_TOLERANCE = 0.01
+
 # Rows of every call of ``evaluate_arrays`` from ``CostModel``: deployments are evaluated
 # in chunks of this many rows, the last one padded, so one plan compiles the model once.
 BATCH_ROWS = 64
@@ -113,6 +117,11 @@ class Evaluation:
     feasible: bool
     infeasible_reason: str | None
     metrics: dict[str, Any]
+
+
+def _overflow_reason(metric: str) -> str:
+    return (f"the cost model's {metric} is not a finite float32 number for this deployment; check the"
+            " plan for rates, sizes or counts far outside real hardware and workloads")
 
 
 def _finite_or_none(value: float) -> float | None:
@@ -258,6 +267,9 @@ class CostModel:
         }
         if not feasible:
             return Evaluation(deployment, False, reason, metrics)
+        overflowed = self._overflowed_metric(raw, row)
+        if overflowed is not None:
+            return Evaluation(deployment, False, _overflow_reason(overflowed), metrics)
 
         throughput = _finite_or_none(raw["output_tokens_per_s"][row])
         price = self.plan.node.price_per_gpu_hour
@@ -288,4 +300,33 @@ class CostModel:
                 "bottleneck": self._bottleneck(raw, row),
             }
         )
+        if not self._tpot_resolved(metrics):
+            metrics["tpot_s"] = {statistic: None for statistic in metrics["tpot_s"]}
         return Evaluation(deployment, True, None, metrics)
+
+    def _overflowed_metric(self, raw: dict[str, Any], row: int) -> str | None:
+        """Return the first metric every feasible deployment has that came out NaN or infinite, or None."""
+        names = ["output_tokens_per_s", "step_time_s", "running_requests"]
+        if self.plan.workload.arrival_mode == "batch":
+            names.insert(0, "makespan_s")
+        for name in names:
+            if not math.isfinite(float(raw[name][row])):
+                return name
+        return None
+
+    def _tpot_resolved(self, metrics: dict[str, Any]) -> bool:
+        """Return whether float32 resolves the batch-mode TPOT to ``TPOT_RELATIVE_TOLERANCE``.
+
+        The batch model computes a request's TPOT as (end-to-end latency - TTFT) divided
+        by its output tokens after the first. Both latencies are rounded to float32, whose
+        spacing near a 10^7 s makespan is 1 s, so with many requests per running slot the
+        difference loses the decode time of a short output.
+        """
+        if self.plan.workload.arrival_mode != "batch":
+            return True
+        latest = max(value for value in (metrics["makespan_s"], metrics["e2e_s"]["p99"]) if value is not None)
+        outputs = self.plan.workload.output_tokens.values
+        decode_tokens = min((value - 1.0 for value in outputs if value >= 2.0), default=1.0)
+        error = 2.0 * float(np.spacing(np.float32(latest))) / decode_tokens
+        positive = [value for value in metrics["tpot_s"].values() if value]
+        return not positive or error <= TPOT_RELATIVE_TOLERANCE * min(positive)

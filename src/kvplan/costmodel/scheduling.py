@@ -480,6 +480,9 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     cohort_e2e = fill_ttft + first_token + cohort_finish
     e2e = jnp.where(single_cohort, cohort_e2e, jnp.maximum(queue_e2e, ttft))
     ttft = jnp.where(single_cohort, fill_ttft + first_token, ttft)
+    # A request of one output token ends with its first token; the phases above would
+    # otherwise hold it until the fill or the cohort's first round ends.
+    e2e = jnp.where(outputs <= 1.0, ttft, e2e)
     return ttft[:, 0], e2e
 
 

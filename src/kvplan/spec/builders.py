@@ -8,6 +8,7 @@ larger than the node, a missing price for the cost objective) live here.
 
 from __future__ import annotations
 
+import bisect
 import json
 import os
 from collections.abc import Mapping
@@ -16,7 +17,9 @@ from typing import Any
 from kvplan.spec.catalog import CATALOG
 from kvplan.spec.distributions import build_length_distribution
 from kvplan.spec.errors import ValueProblem
+from kvplan.spec.files import MAX_CONFIG_FILE_BYTES, read_text
 from kvplan.spec.hf_config import parse_hf_config
+from kvplan.spec.limits import MAX_GPUS
 from kvplan.spec.session import API_VERSION, LoadSession, Resolved, builtin_node_document, is_clean
 from kvplan.spec.sources import Origin, SourceMap, parse_field
 from kvplan.spec.types import (
@@ -62,6 +65,12 @@ _ENGINE_FIELDS: Mapping[str, tuple[str, Any]] = {
     "cuda_graph_memory": ("cuda_graph_memory_bytes", parse_size),
 }
 
+# Most candidates of one searched setting. Optuna samples each setting as a categorical
+# choice, and its time per trial grows with the number of candidates: 100,000 candidates
+# took 55 s where 4,096 took 10 s (kvplan optimize with 200 trials, measured on a 2-core
+# machine).
+MAX_CANDIDATES = 10_000
+
 # Settings that can be held fixed under engine or searched under search, but not both.
 _SEARCHABLE_ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
 
@@ -87,6 +96,10 @@ def build_model(session: LoadSession, resolved: Resolved) -> ModelSpec | None:
     reference = data["config"]
     origin = source_map.origin_for(("config",))
     config_path = os.path.normpath(os.path.join(origin.base_dir, reference))
+    outside = session.reference_problem(config_path, reference)
+    if outside is not None:
+        session.report(source_map, ("config",), f"config file {outside}")
+        return None
     config = _read_json_config(session, source_map, reference, config_path)
     if config is None:
         return None
@@ -117,8 +130,7 @@ def _read_json_config(
     session: LoadSession, source_map: SourceMap, reference: str, config_path: str
 ) -> dict[str, Any] | None:
     try:
-        with open(config_path, encoding="utf-8") as handle:
-            config = json.load(handle)
+        config = json.loads(read_text(config_path, MAX_CONFIG_FILE_BYTES, "config.json file", encoding="utf-8"))
     except FileNotFoundError:
         session.report(source_map, ("config",), f"config file {reference!r} not found (looked for {config_path})")
         return None
@@ -129,8 +141,15 @@ def _read_json_config(
             f"invalid JSON in {config_path} at line {error.lineno}, column {error.colno}: {error.msg}",
         )
         return None
+    except RecursionError:
+        session.report(source_map, ("config",), f"invalid JSON in {config_path}: arrays or objects are nested too deeply")
+        return None
     except (OSError, UnicodeDecodeError) as error:
         session.report(source_map, ("config",), f"cannot read config file {config_path}: {error}")
+        return None
+    except ValueError as error:
+        # json raises ValueError itself for integers of more than 4,300 digits.
+        session.report(source_map, ("config",), f"invalid JSON in {config_path}: {error}")
         return None
     if not isinstance(config, dict):
         session.report(source_map, ("config",), f"{config_path} must contain a JSON object")
@@ -224,6 +243,12 @@ def _build_distribution(
     session: LoadSession, source_map: SourceMap, key: str, spec: Mapping[str, Any]
 ) -> LengthDistribution | None:
     base_dir = source_map.origin_for((key,)).base_dir
+    if spec.get("distribution") == "file" and isinstance(spec.get("path"), str):
+        lengths_path = os.path.normpath(os.path.join(base_dir, spec["path"]))
+        outside = session.reference_problem(lengths_path, spec["path"])
+        if outside is not None:
+            session.report(source_map, (key, "path"), f"lengths file {outside}")
+            return None
     try:
         return build_length_distribution(spec, base_dir=base_dir)
     except ValueProblem as problem:
@@ -358,6 +383,14 @@ def _build_search(
     start = len(session.issues)
 
     total_gpus = num_nodes * node.gpus_per_node
+    if total_gpus > MAX_GPUS:
+        session.report(
+            source_map,
+            ("hardware", "nodes"),
+            f"{num_nodes:,} nodes of {node.gpus_per_node:,} GPUs make {total_gpus:,} GPUs, above the limit of"
+            f" {MAX_GPUS:,}; lower hardware.nodes",
+        )
+        return None
     budget = int(spec.get("gpu_budget", total_gpus))
     if budget > total_gpus:
         session.report(
@@ -385,6 +418,15 @@ def _build_search(
                 f" dp {smallest['dp']} x tp {smallest['tp']} x pp {smallest['pp']}, needs {needed} GPUs",
                 at_key=True,
             )
+    layouts = _count_layouts(parallel, budget, node.gpus_per_node, stop_after=MAX_CANDIDATES)
+    if layouts > MAX_CANDIDATES:
+        session.report(
+            source_map,
+            ("search",),
+            f"the dp, tp and pp lists give more than {MAX_CANDIDATES:,} combinations within gpu_budget"
+            f" {budget}, too many for a search to sample; shorten the lists",
+            at_key=True,
+        )
 
     choices: dict[str, Any] = {}
     for key in _SEARCHABLE_ENGINE_KEYS:
@@ -410,6 +452,30 @@ def _build_search(
     return SearchSpace(gpu_budget=budget, dp=parallel["dp"], tp=parallel["tp"], pp=parallel["pp"], **choices)
 
 
+def _count_layouts(
+    parallel: Mapping[str, tuple[int, ...] | None], budget: int, gpus_per_node: int, *, stop_after: int
+) -> int:
+    """Count the (dp, tp, pp) combinations whose product fits ``budget``, stopping above ``stop_after``.
+
+    Unset lists default to powers of two as in ``kvplan.optimizer.space``. Counting stops
+    early, so lists of thousands of values cost no more than ``stop_after`` steps.
+    """
+    powers = _powers_of_two_up_to(budget)
+    dp_values = sorted(set(parallel["dp"] or powers))
+    tp_values = sorted(set(parallel["tp"] or _powers_of_two_up_to(min(budget, gpus_per_node))))
+    pp_values = sorted(set(parallel["pp"] or powers))
+    count = 0
+    for dp in dp_values:
+        for tp in tp_values:
+            fitting = bisect.bisect_right(pp_values, budget // (dp * tp))
+            if fitting == 0:
+                break
+            count += fitting
+            if count > stop_after:
+                return count
+    return count
+
+
 def _choices(session: LoadSession, source_map: SourceMap, path: JsonPath, value: Any) -> Any:
     is_fraction = path[-1] == "gpu_memory_utilization"
     convert = float if is_fraction else int
@@ -422,14 +488,32 @@ def _choices(session: LoadSession, source_map: SourceMap, path: JsonPath, value:
     if low > high:
         session.report(source_map, path + ("max",), f"max {high} is below min {low}")
         return None
+    step = value.get("step")
+    # A float step such as 1e-300 makes the count overflow to inf, which still compares.
+    candidates = (high - low) / step + 1 if step is not None else 0
+    if candidates > MAX_CANDIDATES:
+        session.report(
+            source_map,
+            path + ("step",),
+            f"the range from {low} to {high} in steps of {step} has {candidates:,.0f} candidates,"
+            f" more than the {MAX_CANDIDATES:,} a search can sample; raise step",
+        )
+        return None
     if is_fraction:
-        return FloatRange(low=float(low), high=float(high), step=value.get("step"))
+        return FloatRange(low=float(low), high=float(high), step=step)
     log = bool(value.get("log", False))
-    step = int(value.get("step", 1))
-    if log and step != 1:
+    if log and step is not None and step != 1:
         session.report(source_map, path + ("step",), "a log-scaled range cannot have a step; remove step or set log: false")
         return None
-    return IntRange(low=int(low), high=int(high), log=log, step=step)
+    if not log and step is None and high - low + 1 > MAX_CANDIDATES:
+        session.report(
+            source_map,
+            path,
+            f"the range from {low} to {high} has {high - low + 1:,} candidates, more than the {MAX_CANDIDATES:,}"
+            " a search can sample; add a step or set log: true",
+        )
+        return None
+    return IntRange(low=int(low), high=int(high), log=log, step=int(step or 1))
 
 
 def _build_objective(

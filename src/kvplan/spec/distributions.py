@@ -1,7 +1,7 @@
 """Token-length distributions and their discretization to ``LengthDistribution``.
 
 Every distribution has a maximum, and lengths above it are cut to it, the way a
-request stops at ``max_tokens``. The result has at most ``DISTRIBUTION_BINS`` support
+request stops at ``max_tokens``. A lognormal's lengths below 1 token are raised to 1. The result has at most ``DISTRIBUTION_BINS`` support
 points whose probability-weighted mean equals the mean of the cut distribution, so the
 cost model gets the same expected token count as the continuous description.
 """
@@ -17,9 +17,16 @@ from statistics import NormalDist
 from typing import Any
 
 from kvplan.spec.errors import ValueProblem
+from kvplan.spec.files import MAX_LENGTHS_FILE_BYTES, check_regular_file
+from kvplan.spec.limits import MAX_TOKENS
 from kvplan.spec.types import DISTRIBUTION_BINS, LengthDistribution
 
 _STANDARD_NORMAL = NormalDist()
+
+# The smallest lognormal sigma. Below it the bins' conditional means come from
+# differences of nearly equal numbers, and rounding moved them by 1,600 tokens at
+# sigma 1e-9; a length that hardly varies is a fixed distribution.
+MIN_LOGNORMAL_SIGMA = 1e-3
 
 # A lognormal whose probability above its maximum is below this gets no separate point
 # at the maximum.
@@ -94,7 +101,7 @@ def _fixed(spec: Mapping[str, Any]) -> LengthDistribution:
 def _lognormal_cdf(x: float, mu: float, sigma: float) -> float:
     if x <= 0.0:
         return 0.0
-    return _STANDARD_NORMAL.cdf((math.log(x) - mu) / sigma)
+    return _normal_cdf((math.log(x) - mu) / sigma)
 
 
 def _lognormal_partial_expectation(x: float, mu: float, sigma: float) -> float:
@@ -102,7 +109,17 @@ def _lognormal_partial_expectation(x: float, mu: float, sigma: float) -> float:
     if x <= 0.0:
         return 0.0
     z = (math.log(x) - mu - sigma * sigma) / sigma
-    return math.exp(mu + 0.5 * sigma * sigma) * _STANDARD_NORMAL.cdf(z)
+    return math.exp(mu + 0.5 * sigma * sigma) * _normal_cdf(z)
+
+
+def _normal_cdf(z: float) -> float:
+    """Return the standard normal CDF, accurate far into the lower tail.
+
+    NormalDist.cdf computes 1 + erf(z / sqrt 2), which cancels to 0 or 1e-16 below
+    about z = -8, where a lognormal with a large sigma keeps most of its mean; erfc does
+    not cancel.
+    """
+    return 0.5 * math.erfc(-z / math.sqrt(2.0))
 
 
 def _lognormal(spec: Mapping[str, Any]) -> LengthDistribution:
@@ -113,8 +130,16 @@ def _lognormal(spec: Mapping[str, Any]) -> LengthDistribution:
         raise ValueProblem("a lognormal distribution needs a max", "max")
     if median <= 0.0:
         raise ValueProblem(f"must be greater than 0, but got {spec['median']!r}", "median")
+    if median < 1.0:
+        raise ValueProblem(f"must be at least 1 token, but got {spec['median']!r}", "median")
     if sigma <= 0.0:
         raise ValueProblem(f"must be greater than 0, but got {spec['sigma']!r}", "sigma")
+    if sigma < MIN_LOGNORMAL_SIGMA:
+        raise ValueProblem(
+            f"must be at least {MIN_LOGNORMAL_SIGMA:g}, but got {spec['sigma']!r}; for a length that does"
+            " not vary, use distribution: fixed",
+            "sigma",
+        )
     if median > maximum:
         raise ValueProblem(
             f"median {spec['median']} is above max {maximum}; raise max or lower the median",
@@ -122,28 +147,42 @@ def _lognormal(spec: Mapping[str, Any]) -> LengthDistribution:
         )
 
     mu = math.log(median)
+    # A request has at least 1 token: the probability below 1 becomes one point at 1, as
+    # the probability above the maximum becomes one point at the maximum. Without it the
+    # lowest bins of a wide lognormal hold fractions of a token, and the cost model then
+    # predicts negative latencies for them.
+    below_one = _lognormal_cdf(1.0, mu, sigma)
     mass_below_max = _lognormal_cdf(maximum, mu, sigma)
     tail = 1.0 - mass_below_max
+    inner = mass_below_max - below_one
+    if maximum == 1 or inner <= _NEGLIGIBLE_TAIL:
+        description = f"lognormal(median={_format_number(median)}, sigma={_format_number(sigma)}), max {maximum}"
+        return _normalized([1.0], [1.0], maximum, description)
 
-    # The mass below the maximum is split into equal-probability quantile bins, each
-    # represented by its conditional mean. The mass above the maximum becomes one point
-    # at the maximum, for the requests that stop at max_tokens.
-    bins = DISTRIBUTION_BINS - 1 if tail > _NEGLIGIBLE_TAIL else DISTRIBUTION_BINS
-    bin_mass = mass_below_max / bins
-    boundaries = [0.0]
+    # The mass between 1 and the maximum is split into equal-probability quantile bins,
+    # each represented by its conditional mean. The mass above the maximum becomes one
+    # point at the maximum, for the requests that stop at max_tokens.
+    has_floor = below_one > _NEGLIGIBLE_TAIL
+    has_tail = tail > _NEGLIGIBLE_TAIL
+    bins = DISTRIBUTION_BINS - int(has_floor) - int(has_tail)
+    bin_mass = inner / bins
+    boundaries = [1.0]
     for k in range(1, bins):
-        boundaries.append(math.exp(mu + sigma * _STANDARD_NORMAL.inv_cdf(k * bin_mass)))
+        boundaries.append(math.exp(mu + sigma * _STANDARD_NORMAL.inv_cdf(below_one + k * bin_mass)))
     boundaries.append(float(maximum))
 
     values: list[float] = []
     probabilities: list[float] = []
+    if has_floor:
+        values.append(1.0)
+        probabilities.append(below_one)
     for low, high in zip(boundaries, boundaries[1:]):
         partial = _lognormal_partial_expectation(high, mu, sigma) - _lognormal_partial_expectation(
             low, mu, sigma
         )
         values.append(partial / bin_mass)
         probabilities.append(bin_mass)
-    if bins < DISTRIBUTION_BINS:
+    if has_tail:
         values.append(float(maximum))
         probabilities.append(tail)
 
@@ -212,6 +251,10 @@ def _histogram(spec: Mapping[str, Any]) -> LengthDistribution:
 
     largest = int(max(high for _, high, _ in raw_points))
     maximum = explicit_max if explicit_max is not None else largest
+    # Weights are relative. Dividing by the largest keeps their sum finite when they are
+    # near the float maximum, and keeps it above 0 when they are subnormal.
+    heaviest = max(weight for _, _, weight in raw_points)
+    raw_points = [(low, high, weight / heaviest) for low, high, weight in raw_points]
     total_weight = math.fsum(weight for _, _, weight in raw_points)
 
     points: list[tuple[float, float]] = []
@@ -244,16 +287,20 @@ def _file(spec: Mapping[str, Any], base_dir: str) -> LengthDistribution:
         raise ValueProblem(f"lengths file {relative!r} not found (looked for {path})", "path")
 
     extension = os.path.splitext(path)[1].lower()
-    if extension == ".csv":
-        lengths = _read_csv_lengths(path, field)
-    elif extension in (".jsonl", ".ndjson"):
-        lengths = _read_jsonl_lengths(path, field)
-    else:
-        raise ValueProblem(
-            f"unsupported lengths file {relative!r}; use a .csv file with a header row"
-            " or a .jsonl file with one object per line",
-            "path",
-        )
+    try:
+        check_regular_file(path, MAX_LENGTHS_FILE_BYTES, "lengths file")
+        if extension == ".csv":
+            lengths = _read_csv_lengths(path, field)
+        elif extension in (".jsonl", ".ndjson"):
+            lengths = _read_jsonl_lengths(path, field)
+        else:
+            raise ValueProblem(
+                f"unsupported lengths file {relative!r}; use a .csv file with a header row"
+                " or a .jsonl file with one object per line",
+                "path",
+            )
+    except OSError as error:
+        raise ValueProblem(f"cannot read lengths file {path}: {error}", "path") from None
     if not lengths:
         raise ValueProblem(f"lengths file {path} contains no rows", "path")
 
@@ -291,6 +338,10 @@ def _parse_length(text: Any, location: str, field: str) -> int:
         raise ValueProblem(f"{location}: {field} value {text!r} is not a whole number of tokens", "path")
     if number < 1:
         raise ValueProblem(f"{location}: {field} value {text!r} must be at least 1 token", "path")
+    if number > MAX_TOKENS:
+        raise ValueProblem(
+            f"{location}: {field} value {text!r} is above the limit of {MAX_TOKENS:,} tokens", "path"
+        )
     return int(number)
 
 
@@ -326,6 +377,11 @@ def _read_jsonl_lengths(path: str, field: str) -> list[int]:
                     record = json.loads(line)
                 except json.JSONDecodeError as error:
                     raise ValueProblem(f"{location}: invalid JSON: {error.msg}", "path") from None
+                except ValueError as error:
+                    # Integers of more than 4,300 digits.
+                    raise ValueProblem(f"{location}: invalid JSON: {error}", "path") from None
+                except RecursionError:
+                    raise ValueProblem(f"{location}: invalid JSON: arrays or objects are nested too deeply", "path") from None
                 if not isinstance(record, dict):
                     raise ValueProblem(f"{location}: expected a JSON object, but got {line.strip()[:40]}", "path")
                 if field not in record:

@@ -14,12 +14,12 @@ import json
 import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from typing import Any
 
 from kvplan.spec.builders import build_model, build_node, build_plan, build_workload
 from kvplan.spec.catalog import CATALOG
 from kvplan.spec.errors import SpecError, SpecIssue, ValueProblem
+from kvplan.spec.files import MAX_SPEC_FILE_BYTES, FileTooLargeError, read_text, reference_problem, reference_roots
 from kvplan.spec.session import API_VERSION, LoadSession, Resolved, builtin_node_document, known_kinds
 from kvplan.spec.sources import Origin, SourceMap
 from kvplan.spec.types import ModelSpec, NodeSpec, Plan, WorkloadSpec
@@ -248,6 +248,7 @@ def _build_top_document(session: LoadSession, data: dict[str, Any], source_map: 
 
 
 def _open_top_file(session: LoadSession, path: str) -> tuple[dict[str, Any], SourceMap] | None:
+    session.trust_folder_of(path)
     try:
         document = session.read_document(path)
     except FileNotFoundError:
@@ -265,19 +266,31 @@ def _open_top_file(session: LoadSession, path: str) -> tuple[dict[str, Any], Sou
 
 def _spec_files_in(session: LoadSession, folder: str) -> list[str]:
     found = []
+    roots = reference_roots(folder)
     for directory, subdirectories, files in os.walk(folder):
         subdirectories[:] = sorted(name for name in subdirectories if not name.startswith("."))
         for name in sorted(files):
             if name.endswith(_YAML_SUFFIXES):
                 path = os.path.join(directory, name)
-                if _is_kvplan_spec(session, path):
+                # A file found in a folder follows the reference rule: a symbolic link out of
+                # the folder's work tree is reported, not read.
+                outside = reference_problem(path, path, roots)
+                if outside is not None:
+                    session.report_file(path, f"spec file {outside}; name the file itself to check it")
+                elif _is_kvplan_spec(session, path):
                     found.append(path)
     return found
 
 
 def _is_kvplan_spec(session: LoadSession, path: str) -> bool:
     try:
-        text = Path(path).read_text(encoding="utf-8-sig")
+        text = read_text(path, MAX_SPEC_FILE_BYTES, "spec file")
+    except FileTooLargeError:
+        # Too large to be a spec, unless it starts with kvplan's apiVersion line. Loading
+        # such a file reports its size.
+        with open(path, "rb") as handle:
+            start = handle.read(MAX_SPEC_FILE_BYTES).decode("utf-8", errors="replace")
+        return _API_VERSION_LINE.search(start) is not None
     except (OSError, UnicodeDecodeError):
         return False
     if _API_VERSION_LINE.search(text):
@@ -432,6 +445,7 @@ def _inherited_value(document: tuple[dict[str, Any], str, JsonPath], key: str, p
     """
     mapping, kind, path = document
     probe = LoadSession()
+    probe.trust_folder_of(plan_origin.source)
     origin = Origin(plan_origin.source, plan_origin.base_dir, plan_origin.positions, path)
     chain = (os.path.realpath(plan_origin.source),)
     resolved = probe.resolve(mapping, origin, kind, chain)

@@ -14,6 +14,7 @@ from typing import Any
 
 from kvplan.spec.catalog import CATALOG
 from kvplan.spec.errors import SpecIssue
+from kvplan.spec.files import MAX_SPEC_FILE_BYTES, FileTooLargeError, read_text, reference_problem, reference_roots
 from kvplan.spec.sources import Origin, SourceMap
 from kvplan.spec.validation import KIND_SCHEMA_FILES, SchemaProblem, describe_value, validate_document
 from kvplan.spec.yamlpos import JsonPath, YamlDocument, YamlSyntaxProblem, format_path, load_yaml
@@ -30,6 +31,18 @@ class LoadSession:
         self.issues: list[SpecIssue] = []
         # Parsed files by real path; None marks a file whose syntax error was reported.
         self._documents: dict[str, YamlDocument | None] = {}
+        # Folders that referenced files may lie in, None for any; see kvplan.spec.files.
+        # Spec text and mappings passed in memory (load_plan_from_string, ...) keep None,
+        # because their caller chose the base folder.
+        self.roots: tuple[str, ...] | None = None
+
+    def trust_folder_of(self, spec_path: str) -> None:
+        """Let the specs loaded next reference files in the work tree of ``spec_path``'s folder."""
+        self.roots = reference_roots(os.path.dirname(spec_path))
+
+    def reference_problem(self, path: str, reference: str) -> str | None:
+        """Return why a referenced file may not be read, or None; see kvplan.spec.files."""
+        return reference_problem(path, reference, self.roots)
 
     # Reporting
 
@@ -68,14 +81,19 @@ class LoadSession:
     def read_document(self, display_path: str) -> YamlDocument | None:
         """Parse a YAML file, reporting syntax errors and duplicate keys once per file.
 
-        Returns None when the file could not be parsed. Raises OSError when it cannot be
-        read, so that the caller can report the error where the file is referenced.
+        Returns None when the file could not be parsed or is larger than
+        MAX_SPEC_FILE_BYTES. Raises OSError when it cannot be read, so that the caller can
+        report the error where the file is referenced.
         """
         real_path = os.path.realpath(display_path)
         if real_path in self._documents:
             return self._documents[real_path]
-        with open(display_path, encoding="utf-8-sig") as handle:
-            text = handle.read()
+        try:
+            text = read_text(display_path, MAX_SPEC_FILE_BYTES, "spec file")
+        except FileTooLargeError as error:
+            self.report_file(display_path, f"{error}; a spec file is a few KB, so check that this is the intended file")
+            self._documents[real_path] = None
+            return None
         document = self.parse_text(text, display_path)
         self._documents[real_path] = document
         return document
@@ -174,9 +192,13 @@ class LoadSession:
     ) -> tuple[dict[str, Any], Origin] | None:
         """Read a file named at ``path`` of the referring document and check its kind.
 
-        A missing file and a file of another kind are reported at the referring key;
-        problems inside the file are reported in that file.
+        A missing file, a file outside the reference roots and a file of another kind are
+        reported at the referring key. Problems inside the file are reported in that file.
         """
+        outside = self.reference_problem(display_path, reference)
+        if outside is not None:
+            self.report(referrer, path, f"{role} file {outside}")
+            return None
         try:
             document = self.read_document(display_path)
         except FileNotFoundError:

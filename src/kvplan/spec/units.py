@@ -54,6 +54,18 @@ ARRIVAL_RATE_UNITS: Mapping[str, float] = {
     "/h": 1.0 / 3600.0,
 }
 
+# Range of a non-zero quantity of each kind in SI base units, with the bounds as a spec
+# writes them. Far beyond any GPU node, the bounds keep every value and its reciprocal
+# well inside float32, which the cost model computes in: a bandwidth of 1e-300 B/s would
+# become 0 there and divide by zero.
+_RANGES: Mapping[str, tuple[float, str, float, str]] = {
+    "size": (1.0, "1B", 1e18, "1000000TB"),
+    "bandwidth": (1.0, "1B/s", 1e18, "1000000TB/s"),
+    "time": (1e-9, "1ns", 3.6e9, "1000000h"),
+    "FLOP rate": (1e6, "0.001GFLOP/s", 1e21, "1000000PFLOP/s"),
+    "arrival rate": (1e-6, "0.0036/h", 1e9, "1000000000/s"),
+}
+
 # A non-negative decimal number (optionally with an exponent), optional spaces, a unit.
 _QUANTITY_PATTERN = re.compile(
     r"^\s*(?P<number>(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*(?P<unit>\S.*?)?\s*$"
@@ -98,7 +110,13 @@ def _parse_quantity(
     number = float(number_text)
     if not math.isfinite(number):
         raise ValueProblem(f"invalid {kind} {value!r}; the number is too large")
-    return number * units[unit]
+    converted = number * units[unit]
+    lowest, lowest_text, highest, highest_text = _RANGES[kind]
+    if not math.isfinite(converted) or converted > highest:
+        raise ValueProblem(f"{kind} {value!r} is too large; the limit is {highest_text}")
+    if 0.0 < converted < lowest:
+        raise ValueProblem(f"{kind} {value!r} is too small; the smallest value above 0 is {lowest_text}")
+    return converted
 
 
 def _unknown_unit_message(value: str, kind: str, unit: str, units: Mapping[str, float]) -> str:

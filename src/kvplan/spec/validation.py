@@ -21,6 +21,7 @@ import referencing
 import referencing.jsonschema
 
 from kvplan.spec.errors import ValueProblem
+from kvplan.spec.limits import limit_problems
 from kvplan.spec.units import PARSERS_BY_FORMAT
 from kvplan.spec.yamlpos import JsonPath
 
@@ -115,6 +116,11 @@ def validate_document(data: Any, kind: str) -> list[SchemaProblem]:
                 continue
             reported_type_paths.add(path)
         problems.extend(_translate(error, path))
+    # Limits apply only to values the schema accepted, so a value gets one message.
+    flagged = {problem.path for problem in problems}
+    problems.extend(
+        SchemaProblem(path, message) for path, message in limit_problems(data, kind) if path not in flagged
+    )
     return _deduplicated(problems)
 
 

@@ -22,8 +22,8 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # default limit of 1,000 frames raised RecursionError for a list nested 900 deep.
 MAX_NESTING_DEPTH = 32
 # Values that aliases may add when expanded, beyond those written in the file. Each
-# alias repeats its anchor's whole subtree, so nested aliases grow exponentially: a
-# "billion laughs" file of 1 KB expands to 10^9 values.
+# alias repeats its anchor's whole subtree, so nested aliases grow exponentially: nine
+# levels of nine aliases (a "billion laughs" file of 400 bytes) expand to 490 million values.
 MAX_ALIAS_EXPANSION = 10_000
 # Largest integer a spec may write. Every count kvplan reads has a far smaller limit
 # (kvplan.spec.limits). This one keeps conversions to float finite and turns Python's
@@ -80,7 +80,15 @@ def load_yaml(text: str) -> YamlDocument:
     MAX_ALIAS_EXPANSION values, nesting deeper than MAX_NESTING_DEPTH levels and integers
     above MAX_INTEGER.
     """
-    loader = _SpecLoader(text)
+    try:
+        loader = _SpecLoader(text)
+    except yaml.reader.ReaderError as error:
+        # PyYAML checks every character when the loader is created, before it tracks lines.
+        line = text.count("\n", 0, error.position) + 1
+        column = error.position - (text.rfind("\n", 0, error.position) + 1) + 1
+        raise YamlSyntaxProblem(
+            f"invalid YAML: unacceptable character #x{error.character:04x}: {error.reason}", line, column
+        ) from None
     try:
         node = loader.get_single_node()
         if node is None:

@@ -21,7 +21,11 @@ def main(argv: list[str] | None = None) -> int:
     results = run_cases(args.examples)
     text = render_markdown(results) if args.format == "markdown" else results_as_json(results) + "\n"
     if args.output:
-        write_text_atomic(args.output, text)
+        try:
+            write_text_atomic(args.output, text)
+        except OSError as error:
+            print(f"python -m kvplan.validation: cannot write {args.output}: {error}", file=sys.stderr)
+            return 1
     else:
         sys.stdout.write(text)
     return 0 if all(result.passed for result in results) else 1
