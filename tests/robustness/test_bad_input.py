@@ -432,3 +432,13 @@ def test_device_file_is_not_read(cli, write, device: str) -> None:
 
     assert_clean_failure(result)
     assert f"{plan}:7:11: $.workload: cannot read workload file {device}: {device} is not a regular file" in result.stderr
+
+
+def test_config_option_above_limit(cli, write) -> None:
+    plan = write("plan.yaml", plan_text())
+
+    result = cli("evaluate", plan, "--config", "max_num_seqs=3000000000")
+
+    assert_clean_failure(result)
+    assert "infeasible: max_num_seqs 3,000,000,000 is above the limit of 16,777,216" in result.stdout
+    assert "kvplan: no feasible deployment; see the reasons above" in result.stderr

@@ -15,6 +15,7 @@ import numpy as np
 from kvplan.costmodel.hardware import kv_memory, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs, build_model_inputs
 from kvplan.costmodel.scheduling import batch_replica, concurrency_replica, rate_replica
+from kvplan.spec.limits import MAX_COUNT, MAX_GPUS
 from kvplan.spec.types import Deployment, Plan
 
 # Reason codes returned by the traced model; the Python side turns them into sentences.
@@ -119,6 +120,16 @@ class Evaluation:
     metrics: dict[str, Any]
 
 
+def _range_problem(deployment: Deployment) -> str | None:
+    """Return why a deployment's settings lie outside what the model evaluates, or None."""
+    for name, limit in (("dp", MAX_GPUS), ("tp", MAX_GPUS), ("pp", MAX_GPUS),
+                        ("max_num_seqs", MAX_COUNT), ("max_num_batched_tokens", MAX_COUNT)):
+        value = getattr(deployment, name)
+        if value > limit:
+            return f"{name} {value:,} is above the limit of {limit:,}"
+    return None
+
+
 def _overflow_reason(metric: str) -> str:
     return (f"the cost model's {metric} is not a finite float32 number for this deployment; check the"
             " plan for rates, sizes or counts far outside real hardware and workloads")
@@ -214,8 +225,24 @@ class CostModel:
     def evaluate(self, deployments: list[Deployment]) -> list[Evaluation]:
         if not deployments:
             return []
-        raw = self.evaluate_raw(deployments)
-        return [self._evaluation(raw, row, deployment) for row, deployment in enumerate(deployments)]
+        # Settings beyond the spec limits (from kvplan evaluate --config, say) would
+        # overflow the model's int32 arrays, so they are reported instead of evaluated.
+        problems = [_range_problem(deployment) for deployment in deployments]
+        in_range = [deployment for deployment, problem in zip(deployments, problems) if problem is None]
+        evaluated = iter([])
+        if in_range:
+            raw = self.evaluate_raw(in_range)
+            evaluated = iter([self._evaluation(raw, row, deployment) for row, deployment in enumerate(in_range)])
+        model_kv_bytes = float(self.inputs.model_kv_bytes_per_token)
+        return [
+            next(evaluated) if problem is None else Evaluation(deployment, False, problem, {
+                "gpus": deployment.gpus,
+                "kv_capacity_tokens": None,
+                "kv_bytes_per_token": model_kv_bytes,
+                "weight_bytes_per_gpu": None,
+            })
+            for deployment, problem in zip(deployments, problems)
+        ]
 
     def _reason_text(self, code: int, row: int, raw: dict[str, Any], deployment: Deployment) -> str | None:
         plan = self.plan
