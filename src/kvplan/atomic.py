@@ -10,6 +10,7 @@ killed outright (SIGKILL, power loss) can leave the temporary file, named
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 
@@ -25,15 +26,24 @@ def write_text_atomic(path: PathLike, text: str, *, encoding: str = "utf-8") -> 
     UnicodeEncodeError for text the encoding cannot represent) with the target
     unchanged.
     """
+    write_bytes_atomic(path, text.encode(encoding))
+
+
+def write_bytes_atomic(path: PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` like :func:`write_text_atomic`, for binary files such as PNG."""
     target = os.fspath(path)
     folder = os.path.dirname(target) or os.curdir
     mode = _mode_for(target)
-    descriptor, temporary = tempfile.mkstemp(
-        prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder
-    )
     try:
-        with os.fdopen(descriptor, "w", encoding=encoding) as handle:
-            handle.write(text)
+        descriptor, temporary = tempfile.mkstemp(
+            prefix=f".{os.path.basename(target)}.", suffix=".tmp", dir=folder
+        )
+    except OSError as error:
+        # The error names the temporary file, a name the caller never gave.
+        raise type(error)(error.errno, error.strerror, target) from None
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(temporary, mode)
@@ -45,6 +55,19 @@ def write_text_atomic(path: PathLike, text: str, *, encoding: str = "utf-8") -> 
         except FileNotFoundError:
             pass
         raise
+
+
+def check_output_folder(path: PathLike) -> None:
+    """Raise OSError unless the folder of ``path`` exists and is writable.
+
+    For commands that work for a long time before they write: they call this first, so
+    that a mistyped ``--output`` fails at once.
+    """
+    folder = os.path.dirname(os.fspath(path)) or os.curdir
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(errno.ENOENT, f"folder {folder} does not exist", os.fspath(path))
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(errno.EACCES, f"folder {folder} is not writable", os.fspath(path))
 
 
 def _mode_for(target: str) -> int:

@@ -2,21 +2,33 @@
 
 Results go to stdout (table, JSON, CSV or Markdown); logs and errors go to stderr.
 Exit codes: 0 success, 1 invalid input or no feasible deployment that meets the SLA,
-2 usage error.
+2 usage error, 130 interrupted by Ctrl-C.
 """
 
 from __future__ import annotations
 
+import _thread
 import argparse
+import contextlib
 import importlib
 import logging
 import os
+import signal
 import sys
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+# After Ctrl-C, as a shell reports a process ended by SIGINT (128 + 2).
+EXIT_INTERRUPTED = 130
+
+# Largest --trials of any command. A search stops once it has evaluated every point of
+# its space, and TPE's time per trial grows with the trials done: 1,000 trials of the
+# qwen-32b example took 69 s on a 2-core x86 machine.
+MAX_TRIALS = 100_000
+# --seed seeds NumPy's generator in Optuna's samplers, which accepts 0 to 2^32 - 1.
+MAX_SEED = 2**32 - 1
 
 FORMATS = ("table", "json", "csv", "markdown")
 DEFAULT_TOP = 10
@@ -32,6 +44,12 @@ COMMAND_MODULES: tuple[str, ...] = (
     "kvplan.commands.check",
     "kvplan.commands.sweep",
     "kvplan.commands.size",
+    "kvplan.commands.plot",
+    "kvplan.commands.explain",
+    "kvplan.commands.bench_plan",
+    "kvplan.commands.calibrate",
+    "kvplan.commands.study",
+    "kvplan.commands.simulate",
 )
 
 logger = logging.getLogger("kvplan")
@@ -77,8 +95,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     optimize.add_argument("plan", metavar="PLAN", help="path of a Plan spec")
     optimize.add_argument("--trials", type=int, default=None,
-                          help="Optuna trials before the local polish (default: 200)")
-    optimize.add_argument("--seed", type=int, default=0, help="seed of the sampler (default: 0)")
+                          help="Optuna trials before the local polish, at most 100,000; the search stops "
+                               "earlier once it has evaluated every point of the space (default: 200)")
+    optimize.add_argument("--seed", type=int, default=0,
+                          help="seed of the sampler, from 0 to 4,294,967,295 (default: 0)")
     optimize.add_argument("--top", type=int, default=None,
                           help="rows to print (default: 10, or every row with --all)")
     optimize.add_argument("--exhaustive", action="store_true",
@@ -87,6 +107,15 @@ def _build_parser() -> argparse.ArgumentParser:
                           help="list every evaluated deployment, not only the best one of each "
                                "(dp, tp, pp) layout")
     optimize.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    optimize.add_argument("--objective", action="append", dest="objectives", metavar="METRIC",
+                          help="a metric to optimize, such as output_tokens_per_s_per_gpu or ttft_p99; "
+                               "give two or three for a multi-objective search that prints the Pareto "
+                               "front instead of a ranking")
+    optimize.add_argument("--output", metavar="FILE",
+                          help="write the result to FILE (replaced atomically) instead of stdout")
+    from kvplan.commands.study import add_search_arguments
+
+    add_search_arguments(optimize)
 
     evaluate = commands.add_parser(
         "evaluate", help="predict the metrics of given deployments",
@@ -160,15 +189,69 @@ def _run_optimize(args: argparse.Namespace) -> int:
         raise UsageError(f"--top must be at least 1, but got {args.top}")
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, but got {args.trials}")
+    from kvplan.commands._progress import search_progress
+    from kvplan.commands.study import check_search_arguments, report_interrupted, search_options
+    from kvplan.optimizer.studies import SearchInterrupted
+
+    check_search_arguments(args)
+    check_output_path(args.output)
+    if args.objectives and (args.storage is not None or args.n_jobs != 1):
+        raise UsageError("--storage and --n-jobs work with the plan's single objective only; drop them or "
+                         "the --objective options")
+    if args.objectives:
+        from kvplan.commands._pareto import run_pareto_optimize
+
+        return run_pareto_optimize(args, lambda text: write_output(args.output, text))
     plan = load_plan(args.plan)
     logger.info("searching plan %s", plan.name)
-    result = optimize(plan, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive)
+    interrupted = None
+    with search_progress(plan.objective, quiet=args.quiet) as progress:
+        try:
+            result = optimize(plan, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive,
+                              progress=progress, **search_options(args))
+        except SearchInterrupted as error:
+            interrupted = error
+            result = error.result
     top = args.top
     if not args.all_deployments:
         result = result.best_per_layout()
         top = top or DEFAULT_TOP
-    sys.stdout.write(render_result(result, args.format, top=top))
+    write_output(args.output, render_result(result, args.format, top=top))
+    if interrupted is not None:
+        return report_interrupted("optimize", interrupted)
     return _exit_code_for(result)
+
+
+def check_output_path(path: str | None) -> None:
+    """Raise KvplanError when ``path`` lies in a folder that is missing or not writable.
+
+    Called before a search, so that a mistyped ``--output`` fails before the work.
+    """
+    if path is None:
+        return
+    from kvplan.atomic import check_output_folder
+    from kvplan.spec.errors import KvplanError
+
+    try:
+        check_output_folder(path)
+    except OSError as error:
+        raise KvplanError(f"cannot write {path}: {error.strerror or error}") from None
+
+
+def write_output(path: str | None, text: str) -> None:
+    """Print ``text`` to stdout, or write it atomically to ``path`` when one is given."""
+    if path is None:
+        sys.stdout.write(text)
+        return
+    from kvplan.atomic import write_text_atomic
+    from kvplan.spec.errors import KvplanError
+
+    try:
+        write_text_atomic(path, text)
+    except OSError as error:
+        raise KvplanError(f"cannot write {path}: {error.strerror or error}; check that the folder "
+                          "exists and is writable") from None
+    print(f"kvplan: wrote {path}", file=sys.stderr)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:
@@ -223,7 +306,55 @@ def configure_compilation_cache() -> str | None:
     return folder
 
 
+def check_search_limits(args: argparse.Namespace) -> None:
+    """Raise UsageError for a ``--trials`` or ``--seed`` of any command outside what a search can use."""
+    trials = getattr(args, "trials", None)
+    if trials is not None and trials > MAX_TRIALS:
+        raise UsageError(f"--trials must be at most {MAX_TRIALS:,}, but got {trials:,}; a search stops by "
+                         "itself once it has evaluated every point of the space")
+    seed = getattr(args, "seed", None)
+    if seed is not None and not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"--seed must be from 0 to {MAX_SEED:,}, but got {seed:,}")
+
+
+@contextlib.contextmanager
+def deliver_dropped_interrupts() -> Iterator[None]:
+    """Send SIGINT again when Python drops the KeyboardInterrupt of a Ctrl-C.
+
+    Ctrl-C raises KeyboardInterrupt in the Python code running at that moment. When that
+    is a garbage-collection callback (JAX registers one), Python prints the exception as
+    "Exception ignored in ..." with a traceback, and the command runs on to its end. This
+    context replaces ``sys.unraisablehook`` so that such a KeyboardInterrupt marks SIGINT
+    pending again, and the command gets it once the callback has returned.
+    """
+    previous = sys.unraisablehook
+
+    def redeliver(unraisable: Any) -> None:
+        if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+            # From a new thread: in this thread the handler would run inside the hook, where
+            # its KeyboardInterrupt is dropped again. threading.Thread.start would wait for
+            # the thread here, and run the handler while it waits.
+            _thread.start_new_thread(_thread.interrupt_main, (signal.SIGINT,))
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = redeliver
+    try:
+        yield
+    finally:
+        sys.unraisablehook = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        # Ctrl-C while the parser is built or the command ends; commands report their own.
+        print("kvplan: interrupted by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: Sequence[str] | None) -> int:
     arguments = list(sys.argv[1:] if argv is None else argv)
     arguments = [a for a in arguments if a in GLOBAL_FLAGS] + [a for a in arguments if a not in GLOBAL_FLAGS]
     parser = _build_parser()
@@ -244,7 +375,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from kvplan.spec.errors import KvplanError
 
     try:
-        return args.handler(args)
+        check_search_limits(args)
+        with deliver_dropped_interrupts():
+            return args.handler(args)
     except UsageError as error:
         print(f"kvplan {args.command}: error: {error}", file=sys.stderr)
         return EXIT_USAGE
@@ -256,6 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:
         # The reader of stdout (for example `head`) went away; nothing is left to say.
         return EXIT_OK
+    except KeyboardInterrupt:
+        # Ctrl-C outside a search, which reports its own interruption.
+        print(f"kvplan {args.command}: interrupted by Ctrl-C", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except Exception as error:
         if args.verbose or args.traceback:
             raise

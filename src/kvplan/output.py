@@ -83,8 +83,8 @@ def _objective_direction(objective: str) -> str:
     return "maximize" if objective.startswith("output_tokens") else "minimize"
 
 
-def _describe_plan(result: SearchResult) -> list[str]:
-    plan = result.plan
+def describe_plan(plan) -> list[str]:
+    """Return the header lines that name a plan's model, node, workload and SLA."""
     workload = plan.workload
     if workload.arrival_mode == "batch":
         load = f"{workload.requests:,} requests at once"
@@ -101,6 +101,11 @@ def _describe_plan(result: SearchResult) -> list[str]:
     if plan.sla:
         bounds = ", ".join(f"{b.metric} {b.statistic} <= {format_seconds(b.max_s)}" for b in plan.sla)
         lines.append(f"SLA: {bounds}")
+    return lines
+
+
+def _describe_plan(result: SearchResult) -> list[str]:
+    lines = describe_plan(result.plan)
     if result.method == "evaluate":
         lines.append(f"Objective: {OBJECTIVE_TITLES[result.objective]}; {result.evaluated} deployment(s) given")
     else:
@@ -127,7 +132,7 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
     if mode == "batch":
         headers.append("makespan")
     headers += ["tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV/replica", "KV peak",
-                "preempt", "bound by"]
+                "preempt", "bottleneck"]
     show_cost = result.plan.node.price_per_gpu_hour is not None
     if show_cost:
         headers.append("$/M tok")
@@ -161,7 +166,7 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
             format_count(metrics["kv_capacity_tokens"]),
             _format_percent(metrics["peak_kv_usage"]),
             format_count(metrics["preemptions"]),
-            metrics["bottleneck"],
+            ranked.bottleneck or metrics["bottleneck"],
         ]
         if show_cost:
             cost = metrics.get("cost_per_million_tokens")
@@ -181,8 +186,8 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
 def _footer(result: SearchResult) -> list[str]:
     lines = [
         "Columns: seqs = max_num_seqs, batch = max_num_batched_tokens, KV/replica = KV cache "
-        "capacity in tokens, bound by = what limits the deployment, behind = how far the "
-        "objective falls short of the best row."
+        "capacity in tokens, bottleneck = what binds the deployment (kvplan explain shows why), "
+        "behind = how far the objective falls short of the best row."
     ]
     if result.infeasible_reasons:
         parts = ", ".join(f"{count} x {reason}" for reason, count in result.infeasible_reasons.items())
@@ -206,7 +211,7 @@ def _footer(result: SearchResult) -> list[str]:
         summary += f", {format_count(metrics['output_tokens_per_s'])} output tokens/s"
         if metrics.get("cost_per_million_tokens") is not None:
             summary += f", ${metrics['cost_per_million_tokens']:.3g} per million output tokens"
-        summary += f", bound by {metrics['bottleneck'].replace('_', ' ')}"
+        summary += f", bottleneck: {best.bottleneck or metrics['bottleneck'].replace('_', ' ')}"
         lines.append(summary)
     return lines
 
@@ -245,6 +250,8 @@ def _csv_row(ranked: RankedDeployment) -> dict[str, Any]:
         latency = metrics.get(key) or {}
         for statistic in STATISTICS:
             row[f"{key}_{statistic}"] = latency.get(statistic)
+    # Last, so that the columns before it keep their positions.
+    row["bottleneck_label"] = ranked.bottleneck
     return {key: ("" if value is None else value) for key, value in row.items()}
 
 
@@ -252,7 +259,8 @@ def _render_csv(results: Sequence[RankedDeployment]) -> str:
     buffer = io.StringIO()
     fieldnames = ["rank", *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
                   "objective_value", *SCALAR_METRICS,
-                  *(f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS)]
+                  *(f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS),
+                  "bottleneck_label"]
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for ranked in results:

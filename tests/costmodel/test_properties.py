@@ -186,6 +186,8 @@ def not_applicable_fields(plan: Plan, metrics: dict[str, Any]) -> set[str]:
     # An open-loop queue that cannot keep up has no steady-state waiting time.
     if metrics.get("keeps_up") is False:
         fields.update(f"{metric}.{statistic}" for metric in ("ttft_s", "e2e_s") for statistic in LATENCY_STATISTICS)
+        # Nor a queueing time, so neither the split of a request's life.
+        fields.update(("mean_queueing_s", "time_shares"))
     return fields
 
 

@@ -147,7 +147,7 @@ def test_validation_report_failure_keeps_old_file(tmp_path: Path, monkeypatch: p
     code = validation_main.main(["--output", str(report)])
 
     assert code == 1
-    assert f"cannot write {report}: [Errno 28] No space left on device" in capsys.readouterr().err
+    assert f"cannot write {report}: No space left on device" in capsys.readouterr().err
     assert report.read_text(encoding="utf-8") == "old report\n"
     assert leftover_temporary_files(tmp_path) == []
 
@@ -161,3 +161,19 @@ def test_validation_report_written(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
     assert code == 0
     assert report.read_text(encoding="utf-8") == "new report\n"
+
+
+def test_missing_folder_names_target(tmp_path) -> None:
+    from kvplan.atomic import check_output_folder, write_text_atomic
+
+    target = tmp_path / "missing" / "r.md"
+
+    with pytest.raises(FileNotFoundError) as checked:
+        check_output_folder(target)
+    with pytest.raises(FileNotFoundError) as written:
+        write_text_atomic(target, "text")
+
+    assert checked.value.filename == str(target)
+    assert f"folder {tmp_path / 'missing'} does not exist" in str(checked.value)
+    # The temporary file's name, .r.md.*.tmp, is not what the caller asked for.
+    assert written.value.filename == str(target)

@@ -198,15 +198,19 @@ def test_search_layouts_too_many(cli, write) -> None:
             " gpu_budget 4096, too many for a search to sample") in result.stderr
 
 
-def test_one_token_kv_cache_is_infeasible(cli, write) -> None:
+def test_one_token_kv_cache_rejected(cli, write) -> None:
     plan = write("plan.yaml", plan_text(extra="engine:\n  kv_cache_tokens: 1\nsearch:\n  gpu_budget: 1\n"))
+    message = (f"{plan}:13:20: $.engine.kv_cache_tokens: a KV cache of 1 tokens cannot hold one longest request"
+               " of the workload (300 tokens: prompt 100 + output 200); set kv_cache_tokens to at least 300, or"
+               " remove it to size the KV cache from GPU memory")
 
-    result = cli("optimize", plan)
+    validated = cli("validate", plan)
+    optimized = cli("optimize", plan)
 
-    assert_clean_failure(result)
-    assert "kvplan: no feasible deployment; see the reasons above" in result.stderr
-    assert "infeasible: KV cache holds 1 tokens per replica, fewer than one longest request..." in result.stdout
-    assert "Infeasible among the 5 evaluated: 5 x KV cache smaller than one longest request" in result.stdout
+    assert_clean_failure(validated)
+    assert message in validated.stdout
+    assert_clean_failure(optimized)
+    assert message in optimized.stderr
 
 
 def test_empty_histogram(cli, write) -> None:
@@ -442,3 +446,65 @@ def test_config_option_above_limit(cli, write) -> None:
     assert_clean_failure(result)
     assert "infeasible: max_num_seqs 3,000,000,000 is above the limit of 16,777,216" in result.stdout
     assert "kvplan: no feasible deployment; see the reasons above" in result.stderr
+
+
+def _deep_plan(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "deep.yaml"
+    path.write_text("apiVersion: kvplan/v1\nkind: Plan\nname: p\nx: " + "[" * 100_000 + "]" * 100_000 + "\n")
+    return path, f"{path}:4:35: $: invalid YAML: mappings and lists are nested more than 32 levels deep"
+
+
+def _long_integer_plan(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "integer.yaml"
+    path.write_text(plan_text(workload=WORKLOAD.replace("requests: 10", "requests: " + "9" * 5000)))
+    return path, f"{path}:11:13: $: invalid YAML: integer 999999999999999999999999... (5000 characters) is too large"
+
+
+def _pipe_plan(tmp_path: Path) -> tuple[Path, str]:
+    path = tmp_path / "pipe.yaml"
+    os.mkfifo(path)
+    return path, f"{path}: $: cannot read the file: {path} is not a regular file"
+
+
+def _device_plan(tmp_path: Path) -> tuple[Path, str]:
+    return Path("/dev/zero"), "/dev/zero: $: cannot read the file: /dev/zero is not a regular file"
+
+
+@pytest.mark.parametrize("make_plan", [_deep_plan, _long_integer_plan, _pipe_plan, _device_plan],
+                         ids=["deep nesting", "5000-digit integer", "named pipe", "/dev/zero"])
+def test_size_reads_plan_with_guards(cli, tmp_path: Path, make_plan) -> None:
+    # kvplan size reads the plan's objective before it loads the plan. Without the
+    # loader's limits that read recursed without end, raised ValueError, blocked on a
+    # pipe or read /dev/zero until memory ran out.
+    plan, message = make_plan(tmp_path)
+    if not plan.exists():
+        pytest.skip(f"{plan} does not exist here")
+
+    result = cli("size", plan, "--arrival-rate", "1/s", "--max-nodes", "1")
+
+    assert_clean_failure(result)
+    assert message in result.stderr
+
+
+def test_lengths_file_contents_not_echoed(cli, write) -> None:
+    # A spec outside any Git work tree may name any file (rule 7), so messages about a
+    # lengths file quote no more of it than the offending value.
+    write("secret.csv", "SECRET_HEADER_abc,token\n1,2\n")
+    write("log.jsonl", '["SECRET_LINE_abc"]\n')
+    for name, field in (("secret.csv", "nope"), ("log.jsonl", "n")):
+        workload = WORKLOAD.replace("{distribution: fixed, value: 100}",
+                                    f"{{distribution: file, path: {name}, field: {field}}}")
+        plan = write("plan.yaml", plan_text(workload=workload))
+
+        result = cli("validate", plan)
+
+        assert_clean_failure(result)
+        assert "SECRET_HEADER" not in result.output
+        assert "SECRET_LINE" not in result.output
+
+
+def test_huge_size_formatted_readably() -> None:
+    from kvplan.spec.builders import _gigabytes
+
+    assert _gigabytes(141e9) == "141.0 GB"
+    assert _gigabytes(6.4e41) == "6.4e+32 GB"

@@ -154,7 +154,8 @@ def test_one_token_outputs_exact(example_plans, name: str) -> None:
 
 @pytest.mark.parametrize("name", EXAMPLE_PLANS)
 def test_single_request_exact(example_plans, name: str) -> None:
-    plan = DEGENERATE_VARIANTS["single request"](example_plans[name])
+    # Fixed lengths, because one request of a length distribution has one latency per length.
+    plan = with_workload(example_plans[name], requests=1, prompt_tokens=fixed(512), output_tokens=fixed(256))
 
     evaluations = [evaluation for evaluation in CostModel(plan).evaluate(degenerate_deployments(plan))
                    if evaluation.feasible]
@@ -164,8 +165,11 @@ def test_single_request_exact(example_plans, name: str) -> None:
         metrics = evaluation.metrics
         assert metrics["preemptions"] == 0.0
         assert metrics["running_requests_per_replica"] <= 1.0
-        # NOTE: the batch model places requests at 32 points of a continuous admission
-        # order, so even one request gets TTFT statistics that differ (p50 < p99).
+        # One request has one TTFT, one TPOT and one end-to-end latency.
+        for name in ("ttft_s", "tpot_s", "e2e_s"):
+            statistics = metrics[name]
+            assert statistics["p50"] == statistics["p90"] == statistics["p99"], (evaluation.config, name)
+            assert statistics["mean"] == pytest.approx(statistics["p50"], rel=1e-5), (evaluation.config, name)
         assert metrics["ttft_s"]["p99"] <= metrics["e2e_s"]["p99"]
         assert metrics["e2e_s"]["p99"] <= metrics["makespan_s"] * (1.0 + 1e-6)
 
@@ -233,3 +237,46 @@ def test_unresolved_tpot_reported_undefined(example_plans) -> None:
     assert crowded.feasible
     assert crowded.metrics["tpot_s"] == {"mean": None, "p50": None, "p90": None, "p99": None}
     assert light.metrics["tpot_s"]["p50"] == pytest.approx(light.metrics["step_time_s"], rel=1e-3)
+
+
+# The spec's lowest arrival rate, 0.0036 requests per hour.
+LOWEST_ARRIVAL_RATE_PER_S = 1e-6
+
+
+def mean_output_tokens(plan: Plan) -> float:
+    output = plan.workload.output_tokens
+    return sum(value * weight for value, weight in zip(output.values, output.probabilities))
+
+
+@pytest.mark.parametrize("name", EXAMPLE_PLANS)
+def test_vanishing_rate_single_request_values(example_plans, name: str) -> None:
+    # Below one running request a replica idles between requests, and a request alone
+    # still decodes one token per round. At the lowest rate every replica therefore
+    # serves one request at a time, as with one closed-loop client per replica.
+    plan = dataclasses.replace(example_plans[name], objective="output_tokens_per_s")
+    open_loop = with_workload(plan, arrival_mode="rate", requests=None, concurrency=None,
+                              arrival_rate_per_s=LOWEST_ARRIVAL_RATE_PER_S)
+    layouts = build_search_space(plan).layouts
+    deployments = [Deployment(layout.dp, layout.tp, layout.pp, 256, 8192, 0.9) for layout in layouts]
+
+    evaluations = CostModel(open_loop).evaluate(deployments)
+
+    assert any(evaluation.feasible for evaluation in evaluations)
+    for deployment, evaluation in zip(deployments, evaluations):
+        if not evaluation.feasible:
+            continue
+        one_client = with_workload(plan, arrival_mode="concurrency", requests=None, arrival_rate_per_s=None,
+                                   concurrency=deployment.dp)
+        [alone] = CostModel(one_client).evaluate([deployment])
+        metrics = evaluation.metrics
+        assert metrics["running_requests_per_replica"] < 1e-3, deployment
+        # Little's law: every request is served, so the output rate is the arrival rate
+        # times the mean output, whatever the replica count.
+        expected_tokens_per_s = LOWEST_ARRIVAL_RATE_PER_S * mean_output_tokens(plan)
+        assert metrics["output_tokens_per_s"] == pytest.approx(expected_tokens_per_s, rel=1e-3), deployment
+        for statistic in ("mean", "p50", "p90", "p99"):
+            assert metrics["tpot_s"][statistic] == pytest.approx(alone.metrics["tpot_s"][statistic], rel=1e-5), \
+                (deployment, statistic)
+        decoding_s = metrics["e2e_s"]["mean"] - metrics["ttft_s"]["mean"]
+        alone_decoding_s = alone.metrics["e2e_s"]["mean"] - alone.metrics["ttft_s"]["mean"]
+        assert decoding_s == pytest.approx(alone_decoding_s, rel=1e-4), deployment

@@ -373,3 +373,52 @@ def test_generated_plans_finite(plan_8b, data) -> None:
                 assert math.isfinite(value), (evaluation.config, name, statistic)
                 assert value >= 0.0, (evaluation.config, name, statistic)
         assert 0.0 <= metrics["peak_kv_usage"] <= 1.0
+
+
+# Arrival rates from 1 request per second down to the spec's lowest, 0.0036 per hour.
+FALLING_ARRIVAL_RATES_PER_S = (1.0, 1e-2, 1e-4, 1e-6)
+
+
+@settings(max_examples=examples(5), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data(), dp=st.sampled_from([1, 2, 4, 8]))
+def test_open_loop_latency_floor_at_vanishing_rate(plan_8b, data, dp: int) -> None:
+    plan = data.draw(generated_plans(plan_8b, realistic=True))
+    plan = dataclasses.replace(plan, objective="output_tokens_per_s",
+                               search=dataclasses.replace(plan.search, gpu_budget=dp))
+    deployments = [dataclasses.replace(deployment, dp=dp) for deployment in data.draw(DEPLOYMENTS)]
+    output = plan.workload.output_tokens
+    mean_output = sum(value * weight for value, weight in zip(output.values, output.probabilities))
+
+    results = []
+    for rate in FALLING_ARRIVAL_RATES_PER_S:
+        workload = dataclasses.replace(plan.workload, arrival_mode="rate", requests=None, arrival_rate_per_s=rate)
+        results.append(CostModel(dataclasses.replace(plan, workload=workload)).evaluate_raw(deployments))
+    one_client = dataclasses.replace(plan.workload, arrival_mode="concurrency", requests=None, concurrency=dp)
+    alone = CostModel(dataclasses.replace(plan, workload=one_client)).evaluate_raw(deployments)
+    feasible = (results[0]["reason"] == 0) & (alone["reason"] == 0)
+    assume(feasible.any())
+
+    latencies = {
+        "tpot p50": [result["tpot"].p50 for result in results],
+        "e2e p50": [result["e2e"].p50 for result in results],
+        "e2e p99": [result["e2e"].p99 for result in results],
+    }
+    for rate, result in zip(FALLING_ARRIVAL_RATES_PER_S, results):
+        keeps_up = feasible & result["keeps_up"]
+        # Every arrival is served: the output rate is the arrival rate times the mean output.
+        np.testing.assert_allclose(result["output_tokens_per_s"][keeps_up], rate * mean_output, rtol=1e-3)
+        # Below one running request a replica serves one request at a time, as for one
+        # closed-loop client per replica.
+        alone_tpot = alone["tpot"].p50[keeps_up & (result["running_requests"] < 1.0)]
+        np.testing.assert_allclose(result["tpot"].p50[keeps_up & (result["running_requests"] < 1.0)], alone_tpot,
+                                   rtol=1e-5)
+    for name, values in latencies.items():
+        floor = values[-1]
+        for higher_rate, (faster, slower) in enumerate(zip(values[1:], values[:-1])):
+            keeps_up = feasible & results[higher_rate]["keeps_up"]
+            # Latency does not rise as the rate falls, and never falls below its value
+            # for a request alone.
+            assert np.all(faster[keeps_up] <= slower[keeps_up] * (1 + 1e-5)), (name, higher_rate)
+            assert np.all(slower[keeps_up] >= floor[keeps_up] * (1 - 1e-5)), (name, higher_rate)
+    tpot_alone = alone["tpot"].p50[feasible]
+    np.testing.assert_allclose(latencies["tpot p50"][-1][feasible], tpot_alone, rtol=1e-5)

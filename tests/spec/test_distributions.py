@@ -247,7 +247,7 @@ def test_file_many_values_binned_with_exact_mean(tmp_path: Path) -> None:
         ("lengths.csv", "n\n10\n0\n", "'0' must be at least 1 token"),
         ("lengths.csv", "n\n10\n-4\n", "'-4' must be at least 1 token"),
         ("lengths.csv", "n\n\n\n", "contains no rows"),
-        ("lengths.csv", "m\n10\n", "has no column 'n'; its columns are 'm'"),
+        ("lengths.csv", "m\n10\n", "has no column 'n' in its header row"),
         ("lengths.csv", "n,m\n10,1\n,2\n", "line 3: n is empty"),
         ("log.jsonl", '{"n": 5}\n{"n": 2.5}\n', "line 2: n value 2.5 is not a whole number"),
         ("log.jsonl", '{"n": 5}\n{"m": 2}\n', "line 2: the object has no key 'n'"),

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import sys
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvplan.cli import EXIT_FAILURE, EXIT_OK, FORMATS, UsageError
@@ -163,12 +162,17 @@ def base_overrides(plan_path: str, arrival_rate: str | None) -> tuple[dict[str, 
 
 
 def _written_objective(plan_path: str) -> Any:
-    """Return the plan file's ``objective`` as written, or None when it cannot be read."""
-    import yaml
+    """Return the plan file's ``objective`` as written, or None when it cannot be read.
+
+    Reads the file with the spec loader's guards (a regular file within the size limit,
+    nesting, alias and integer limits), because it is read before the plan is loaded.
+    """
+    from kvplan.spec.files import MAX_SPEC_FILE_BYTES, read_text
+    from kvplan.spec.yamlpos import YamlSyntaxProblem, load_yaml
 
     try:
-        data = yaml.safe_load(Path(plan_path).read_text(encoding="utf-8-sig"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        data = load_yaml(read_text(plan_path, MAX_SPEC_FILE_BYTES, "spec file")).data
+    except (OSError, UnicodeDecodeError, YamlSyntaxProblem):
         return None  # loading the plan reports the problem
     return data.get("objective") if isinstance(data, dict) else None
 

@@ -22,6 +22,7 @@ from kvplan.cli import EXIT_FAILURE, EXIT_OK, FORMATS, UsageError
 
 if TYPE_CHECKING:
     from kvplan.optimizer.search import SearchResult
+    from kvplan.optimizer.studies import SearchInterrupted
     from kvplan.spec.errors import SpecIssue
     from kvplan.spec.types import Plan
 
@@ -85,6 +86,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--exhaustive", action="store_true",
                         help="evaluate every point of each variant's search space instead of sampling")
     parser.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
+    from kvplan.commands.study import add_search_arguments
+
+    add_search_arguments(parser)
     parser.set_defaults(handler=run)
 
 
@@ -147,10 +151,12 @@ def grid_points(settings: Sequence[Setting]) -> list[SweepPoint]:
 
 
 def run(args: argparse.Namespace) -> int:
+    from kvplan.commands.study import check_search_arguments, report_interrupted
     from kvplan.spec.errors import SpecError
 
     if args.trials is not None and args.trials < 1:
         raise UsageError(f"--trials must be at least 1, but got {args.trials}")
+    check_search_arguments(args)
     settings = [parse_setting(text) for text in args.settings]
     paths = [setting.path for setting in settings]
     repeated = sorted({path for path in paths if paths.count(path) > 1})
@@ -163,7 +169,14 @@ def run(args: argparse.Namespace) -> int:
     if problems[0] and all(problem == problems[0] for problem in problems):
         # Every variant fails the same way, so the plan itself or a path in --set is wrong.
         raise SpecError(points[0].issues)
-    _search_points(points, args)
+    interrupted = _search_points(points, args)
+    if interrupted is not None:
+        # Only the points searched so far, the interrupted one last, have a result to show.
+        searched = points[:interrupted[0] + 1]
+        sys.stdout.write(render_sweep(args, settings, searched))
+        print(f"kvplan sweep: stopped at point {interrupted[0] + 1} of {len(points)} ({searched[-1].label}); "
+              "the table shows the points searched so far", file=sys.stderr)
+        return report_interrupted("sweep", interrupted[1])
 
     sys.stdout.write(render_sweep(args, settings, points))
     return _report(points)
@@ -180,20 +193,43 @@ def _load_points(plan_path: str, points: Sequence[SweepPoint]) -> None:
             point.issues = error.issues
 
 
-def _search_points(points: Sequence[SweepPoint], args: argparse.Namespace) -> None:
+def _search_points(points: Sequence[SweepPoint],
+                   args: argparse.Namespace) -> tuple[int, SearchInterrupted] | None:
+    """Search every valid point; return the index of the point Ctrl-C stopped and its interrupt, or None."""
+    from kvplan.commands._progress import search_progress
     from kvplan.optimizer.search import optimize
+    from kvplan.optimizer.studies import SearchInterrupted
     from kvplan.spec.errors import KvplanError
 
     for index, point in enumerate(points, start=1):
         if point.plan is None:
             continue
         started = time.perf_counter()
+        description = f"point {index}/{len(points)}"
         try:
-            point.result = optimize(point.plan, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive)
+            with search_progress(point.plan.objective, quiet=args.quiet, description=description) as progress:
+                point.result = optimize(point.plan, trials=args.trials, seed=args.seed,
+                                        exhaustive=args.exhaustive, progress=progress,
+                                        **_study_options(args, point))
+        except SearchInterrupted as interrupted:
+            point.result = interrupted.result
+            return index - 1, interrupted
         except KvplanError as error:
             point.error = str(error)
         logger.info("point %d of %d (%s): %s in %.1f s", index, len(points), point.label,
                     point.status, time.perf_counter() - started)
+    return None
+
+
+def _study_options(args: argparse.Namespace, point: SweepPoint) -> dict[str, Any]:
+    """Return the study options of one point: its own study, named after the sweep's and its values."""
+    from kvplan.commands.study import search_options
+
+    options = search_options(args)
+    if args.storage is not None:
+        base = args.study_name or point.plan.name
+        options["study_name"] = f"{base} [{point.label}]"
+    return options
 
 
 def _report(points: Sequence[SweepPoint]) -> int:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from kvplan.costmodel.attribution import share_metrics, time_components
 from kvplan.costmodel.hardware import kv_memory, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs, build_model_inputs
 from kvplan.costmodel.scheduling import batch_replica, concurrency_replica, rate_replica
@@ -92,6 +93,7 @@ def _evaluate_one(inputs: ModelInputs, mode: str, config: ConfigBatch) -> dict[s
         "seqs_bound": (max_num_seqs < replica.running_requests * 1.0001) & ~replica.kv_bound,
         "keeps_up": replica.keeps_up,
         "max_arrival_rate_per_s": replica.max_arrival_rate_per_s,
+        "attribution": time_components(inputs, layout, tp, pp, dp, max_num_batched_tokens, replica),
     }
 
 
@@ -327,6 +329,7 @@ class CostModel:
                 "bottleneck": self._bottleneck(raw, row),
             }
         )
+        metrics.update(share_metrics(raw, row, metrics, self.plan.workload.arrival_mode))
         if not self._tpot_resolved(metrics):
             metrics["tpot_s"] = {statistic: None for statistic in metrics["tpot_s"]}
         return Evaluation(deployment, True, None, metrics)

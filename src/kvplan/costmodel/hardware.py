@@ -122,6 +122,9 @@ class StepTime(NamedTuple):
     communication: jnp.ndarray
     fixed_gpu: jnp.ndarray
     cpu: jnp.ndarray
+    # The two parts of ``communication``: TP all-reduces and PP stage-to-stage sends.
+    tp_allreduce: jnp.ndarray = 0.0
+    pp_transfer: jnp.ndarray = 0.0
 
 
 def _experts_touched_fraction(inputs: ModelInputs, tokens):
@@ -218,4 +221,6 @@ def round_time(inputs: ModelInputs, layout: Layout, tp, pp, decode_tokens, prefi
         communication=jnp.sum(allreduce + send) * share,
         fixed_gpu=jnp.sum(fixed) * share,
         cpu=total - gpu,
+        tp_allreduce=jnp.sum(allreduce) * share,
+        pp_transfer=jnp.sum(send) * share,
     )

@@ -9,15 +9,12 @@ phase formulas:
 * Running count. A request's context grows from its prompt p to p + o over its o
   decode rounds, so the running set's mean context is the length-biased mean
   E[p] + E[o^2] / (2 E[o]). The KV pool holds C / that many requests.
-* Preemption. Admission takes every free block while requests wait, so between two
-  completions the running requests must find their growth, E[o] tokens on average
-  (Little's law), in the watermark's headroom H or by preempting the newest request.
-  Growth between completions is exponential (completions of many requests form a
-  Poisson stream), so preemptions per completion are E[o] exp(-H / E[o]) / victim.
-  Preempted requests wait at the front of the queue, so the newest running request is
-  usually a readmitted victim and holds a typical running context (vLLM PR 44594
-  measured re-prefills of about 3,500 tokens for 1,000-token prompts and 5,000-token
-  outputs, the mean context of a running request).
+* Preemption. A preempted request returns to the front of the queue, so the running
+  set is the oldest requests whose KV fits, and the victims are the young ones at its
+  end. Rice's formula counts how often the growth of the requests ahead of a newly
+  admitted one crosses its slack (``tail_preemptions``), scaled by the share of each
+  round's growth that the previous round's completions do not free
+  (``uncovered_growth_share``).
 * Offline batch. Fill (prefill of the first admissions), steady state while requests
   wait, and drain (the last running requests finish with a shrinking batch; the
   longest output sets the end). A replica whose requests are all admitted at once runs
@@ -32,6 +29,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.scipy.special import erf, gammaln
 
 from kvplan.costmodel.hardware import Layout, Memory, StepTime, round_time
 from kvplan.costmodel.inputs import ModelInputs
@@ -114,38 +112,163 @@ def expected_max_of_normals(n):
     return jnp.interp(position, jnp.arange(table.shape[0], dtype=jnp.float32), table)
 
 
+def running_limit(max_num_seqs, max_num_batched_tokens):
+    """Return the most requests one replica runs at once.
+
+    Running requests are scheduled first and each takes at least one token of the
+    budget per step, and waiting ones are admitted only while budget is left, so no
+    more than ``max_num_batched_tokens`` requests run, whatever ``max_num_seqs`` allows.
+    """
+    return jnp.minimum(max_num_seqs, max_num_batched_tokens)
+
+
 def preemptions_per_completion(moments: Moments, headroom_tokens):
     """Preempted requests per completed one when ``headroom_tokens`` are kept free."""
     growth = moments.mean_output
     return growth * jnp.exp(-headroom_tokens / growth) / moments.running_context
 
 
+# Completions per round above which the freed tokens of a round are taken as normal,
+# and the count of Poisson terms summed below it.
+MANY_COMPLETIONS_PER_ROUND = 16.0
+COMPLETION_TERMS = 40
+
+
+def _expected_shortfall(level, mean, variance):
+    """Return E[(level - X)+] for X normal with ``mean`` and ``variance``."""
+    sigma = jnp.sqrt(jnp.maximum(variance, 1e-12))
+    z = (level - mean) / sigma
+    cdf = 0.5 * (1.0 + erf(z / jnp.sqrt(2.0)))
+    pdf = jnp.exp(-0.5 * z * z) / jnp.sqrt(2.0 * jnp.pi)
+    return (level - mean) * cdf + sigma * pdf
+
+
+def uncovered_growth_share(inputs: ModelInputs, moments: Moments, growth):
+    """Return the share of a round's KV growth that the previous round's completions do not cover.
+
+    Blocks freed by the requests that finish in a round return before the next round
+    schedules its running requests, so only growth beyond them can force a preemption.
+    With few completions per round the share is about 1; with many it falls, because
+    a round's frees and growth then nearly cancel.
+    """
+    rate = growth / moments.mean_output
+    prompt_variance = jnp.maximum(
+        jnp.sum(inputs.prompt_probabilities * inputs.prompt_values**2) - moments.mean_prompt**2, 0.0)
+    freed_mean = moments.mean_prompt + moments.mean_output + 0.5 * inputs.block_size
+    freed_variance = prompt_variance + moments.output_variance
+    k = jnp.arange(COMPLETION_TERMS, dtype=jnp.float32)
+    poisson = jnp.exp(k * jnp.log(jnp.maximum(rate, 1e-30)) - rate - gammaln(k + 1.0))
+    sums = jnp.where(k > 0, _expected_shortfall(growth, k * freed_mean, k * freed_variance), growth)
+    few = jnp.sum(poisson * sums)
+    many = _expected_shortfall(growth, rate * freed_mean, rate * (freed_variance + freed_mean**2))
+    shortfall = jnp.where(rate < MANY_COMPLETIONS_PER_ROUND, few, many)
+    return jnp.clip(shortfall / jnp.maximum(growth, 1e-30), 0.0, 1.0)
+
+
+class TailPreemptions(NamedTuple):
+    per_request: jnp.ndarray  # preemptions of one request admitted while the pool is full
+    victim_context: jnp.ndarray  # KV tokens a request holds when it is preempted
+
+
+# Quadrature points of the tail-preemption integral, on a grid that is dense near t = 0,
+# where the density of the crossing level is largest. 32 points agree with 512 to 1 %
+# on the reference cases (tests/reference).
+TAIL_TIME_POINTS = 32
+
+
+def tail_preemptions(inputs: ModelInputs, moments: Moments, running, slack_tokens) -> TailPreemptions:
+    """Count the preemptions of a request admitted at the end of a full pool.
+
+    A preempted request returns to the front of the queue and is readmitted first, so
+    the running set is always the longest prefix, in first-admission order, of the
+    requests whose KV fits. A request admitted at its end, ``slack_tokens`` below the
+    pool, is preempted whenever the ``running`` requests ahead of it outgrow that
+    slack: each grows one token a round until it ends and frees its prompt plus output.
+    Over t rounds their growth U(t) has, for uniform ages and length-biased outputs,
+    mean and variance summed over independent requests; taking U(t) as normal, Rice's
+    formula counts the up-crossings of the slack: rate(t) = (requests still growing
+    + 1) x density of U(t) + g(t) at the slack, where g(t) is the request's own growth
+    while it runs. A preempted request holds E[p] + g + block_size / 2 tokens.
+    """
+    o = inputs.output_values
+    biased = inputs.output_probabilities * o / moments.mean_output
+    mean_prompt_sq = jnp.sum(inputs.prompt_probabilities * inputs.prompt_values**2)
+    longest = jnp.max(jnp.where(inputs.output_probabilities > 0, o, 0.0))
+
+    u = (jnp.arange(TAIL_TIME_POINTS, dtype=jnp.float32) + 0.5) / TAIL_TIME_POINTS
+    t = (longest * u * u)[:, None]
+    dt = 2.0 * longest * u / TAIL_TIME_POINTS
+    left = jnp.maximum(o[None, :] - t, 0.0)  # output a request of age a < left still has
+    ended = o[None, :] - left
+    # One request ahead, age uniform on [0, o): it grows by t if it outlives t rounds,
+    # else it frees its prompt plus age.
+    change = (t * left - moments.mean_prompt * ended - 0.5 * (o**2 - left**2)) / o
+    change_sq = (t * t * left + ended * (3.0 * mean_prompt_sq + 3.0 * moments.mean_prompt * (o + left)
+                                         + o**2 + o * left + left**2) / 3.0) / o
+    mean_one = jnp.sum(biased * change, axis=1)
+    variance_one = jnp.maximum(jnp.sum(biased * change_sq, axis=1) - mean_one**2, 1e-6)
+    mean = running * mean_one
+    sigma = jnp.sqrt(running * variance_one)
+    growing = running * jnp.sum(biased * left / o, axis=1)
+
+    running_probability = 0.5 * (1.0 + erf((slack_tokens - mean) / (sigma * jnp.sqrt(2.0))))
+    own_growth = jnp.cumsum(running_probability * dt) - 0.5 * running_probability * dt
+    level = (mean + own_growth - slack_tokens) / sigma
+    rate = (growing + 1.0) * jnp.exp(-0.5 * level * level) / (sigma * jnp.sqrt(2.0 * jnp.pi))
+    per_request = jnp.sum(rate * dt)
+    victim_growth = jnp.sum(rate * own_growth * dt) / jnp.maximum(per_request, 1e-12)
+    return TailPreemptions(
+        per_request=per_request,
+        victim_context=moments.mean_prompt + victim_growth + 0.5 * inputs.block_size,
+    )
+
+
 class _Round(NamedTuple):
     step: StepTime
     decodes: jnp.ndarray
-    token_time: jnp.ndarray  # seconds between two tokens of one running request
+    token_time: jnp.ndarray  # seconds in the running set per output token, prefill included
     budget_bound: jnp.ndarray  # the token budget, not the running count, caps decodes
+    # Seconds between two tokens of a request past its prefill: one round, because the
+    # running list is scheduled oldest first and the budget runs out on the newest
+    # requests, which are the ones still in prefill.
+    decode_time: jnp.ndarray
+    # Seconds from admission to the first token when the budget binds: the requests
+    # that do not decode are in prefill, and Little's law over the admissions gives
+    # their time there.
+    prefill_wait: jnp.ndarray
 
 
-def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, moments, thrash):
+def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, moments, thrash,
+                  victim_context=None):
     """A round at steady state: ``running`` requests, admissions replacing completions.
 
-    Each decoded token brings (E[p] + thrash x running_context) / E[o] prefill tokens
+    Each decoded token brings (E[p] + thrash x victim_context) / E[o] prefill tokens
     with it (the admissions that replace completions, and the recomputation of
-    preempted requests). Decodes and that prefill share the token budget, so when the
-    budget cannot carry both, fewer requests decode per round and the rest wait.
+    preempted requests, a running context each unless ``victim_context`` says
+    otherwise). Decodes and that prefill share the token budget, so when the budget
+    cannot carry both, fewer requests decode per round and the rest wait.
     """
-    prefill_per_decode = (moments.mean_prompt + thrash * moments.running_context) / moments.mean_output
+    if victim_context is None:
+        victim_context = moments.running_context
+    prefill_per_decode = (moments.mean_prompt + thrash * victim_context) / moments.mean_output
     budget_decodes = max_num_batched_tokens / (1.0 + prefill_per_decode)
-    decodes = jnp.maximum(jnp.minimum(running, budget_decodes), 1e-6)
-    completions = decodes / moments.mean_output
-    prefill = decodes * prefill_per_decode
+    # A round runs whole requests. Below one running request the replica idles between
+    # rounds, and a request alone still decodes one token per round, so a round is timed
+    # with at least one request, and ``decodes`` (per round of wall time) is that round's
+    # decodes times the share of time the replica is busy.
+    busy = jnp.maximum(running, 1.0)
+    busy_decodes = jnp.maximum(jnp.minimum(busy, budget_decodes), 1e-6)
+    completions = busy_decodes / moments.mean_output
+    prefill = busy_decodes * prefill_per_decode
     prefill_requests = completions * (1.0 + thrash)
-    prefill_context = 0.5 * (moments.mean_prompt + thrash * moments.running_context) / (1.0 + thrash)
-    step = round_time(inputs, layout, tp, pp, decodes, prefill, prefill_requests,
-                      decodes * moments.running_context, prefill_context)
-    token_time = step.total * running / decodes
-    return _Round(step=step, decodes=decodes, token_time=token_time, budget_bound=running > budget_decodes)
+    prefill_context = 0.5 * (moments.mean_prompt + thrash * victim_context) / (1.0 + thrash)
+    step = round_time(inputs, layout, tp, pp, busy_decodes, prefill, prefill_requests,
+                      busy_decodes * moments.running_context, prefill_context)
+    token_time = step.total * busy / busy_decodes
+    prefill_wait = jnp.maximum(busy - busy_decodes, 0.0) * step.total / jnp.maximum(prefill_requests, 1e-9)
+    decodes = busy_decodes * jnp.minimum(running, 1.0)
+    return _Round(step=step, decodes=decodes, token_time=token_time, budget_bound=busy > budget_decodes,
+                  decode_time=step.total, prefill_wait=prefill_wait)
 
 
 def _prefill_round_time(inputs, layout, tp, pp, tokens, mean_prompt):
@@ -311,6 +434,19 @@ def _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running) 
     )
 
 
+def _lockstep_peak(inputs: ModelInputs, moments: Moments, requests):
+    """Return the peak KV demand, in tokens, of ``requests`` admitted together.
+
+    At age k every request still running holds its prompt plus k tokens; the peak lies
+    at one of the output lengths, just before the requests of that length finish.
+    """
+    o = inputs.output_values
+    w = inputs.output_probabilities
+    at_least = jnp.sum(jnp.where(o[None, :] >= o[:, None], w[None, :], 0.0), axis=1)
+    demand = requests * at_least * (moments.new_request_tokens + o)
+    return jnp.maximum(jnp.max(jnp.where(w > 0, demand, 0.0)), requests * moments.new_request_tokens)
+
+
 def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
                   max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
     """Offline batch: every request submitted at t = 0, split evenly over replicas.
@@ -326,16 +462,25 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     budget = max_num_batched_tokens
     requests = jnp.ceil(inputs.num_requests / dp)
 
-    demand = jnp.minimum(max_num_seqs, requests)
+    demand = jnp.minimum(running_limit(max_num_seqs, budget), requests)
     kv_running = usable / moments.running_context
     running = jnp.minimum(demand, kv_running)
     kv_bound = demand > kv_running
     admitted = jnp.minimum(demand, usable / moments.new_request_tokens)
-    single_cohort = admitted >= requests
+    # A replica admitted whole runs as one cohort only while its KV demand fits: once
+    # it overflows, LIFO preemption keeps the oldest requests running and the newest
+    # wait, so the replica behaves like a queue rather than sharing the pool evenly.
+    single_cohort = (admitted >= requests) & (_lockstep_peak(inputs, moments, requests) <= usable)
 
     headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
-    thrash = jnp.where(single_cohort, 0.0, preemptions_per_completion(moments, headroom))
-    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
+    # Each queued request is admitted at the end of a full pool and preempted as the
+    # requests ahead of it outgrow its slack, less the growth that the previous round's
+    # completions cover. The victims are young: those at the end of the running set.
+    tail = tail_preemptions(inputs, moments, running, headroom)
+    victim_context = tail.victim_context
+    thrash = jnp.where(single_cohort, 0.0, tail.per_request * uncovered_growth_share(
+        inputs, moments, jnp.minimum(running, budget)))
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context)
     tokens_per_s = steady.decodes / steady.step.total
     completion_rate = tokens_per_s / moments.mean_output
 
@@ -400,7 +545,8 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     ttft_values, e2e_values = _batch_latencies(
         inputs, moments, requests, admitted, running, victims, single_cohort, fill_time, shrink_time,
         recompute_time, steady_time, shrink.ages, shrink.victim_age, steady, thrash, completion_rate, drain,
-        (prompt_rounds - 1.0) * steady.step.total,
+        jnp.maximum((prompt_rounds - 1.0) * steady.step.total, steady.prefill_wait - steady.step.total),
+        fill_rounds,
     )
     # No request ends after the last one: the phases' joins can overshoot by a little
     # (the slowest replica's extra work is spread over the steady phase), so latencies
@@ -437,7 +583,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
 
 def _batch_latencies(inputs, moments, requests, admitted, running, victims, single_cohort, fill_time,
                      shrink_time, recompute_time, steady_time, shrink_age, victim_age, steady, thrash,
-                     completion_rate, drain, prompt_rounds_time):
+                     completion_rate, drain, prompt_rounds_time, fill_rounds):
     """TTFT by admission order and end-to-end latency by (admission order, output length).
 
     Requests are served in order. The first ``admitted`` get their first token during the
@@ -449,7 +595,9 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     request of output o when the cohort reaches age o.
     """
     outputs = inputs.output_values[None, :]
-    order = ((jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests)[:, None]
+    # Requests are whole: each point is the index of a request, so fewer requests than
+    # points share points, and a single request gets one latency at every point.
+    order = jnp.floor((jnp.arange(ORDER_POINTS) + 0.5) / ORDER_POINTS * requests)[:, None]
     first_token = steady.step.total
     # Admissions from the queue are spread over the steady phase, which ends with the
     # last one; this keeps every request's latency within the makespan.
@@ -457,10 +605,20 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     admission_rate = jnp.where(steady_time > 0, admission_rate, completion_rate)
 
     in_fill = order < admitted
-    fill_ttft = fill_time * (order + 1.0) / jnp.maximum(admitted, 1.0)
+    # The round that completes a prompt samples its first token, so a request admitted in
+    # the fill gets it at the end of the round that holds its prompt's last chunk.
+    fill_round = jnp.ceil(fill_rounds * (order + 1.0) / jnp.maximum(admitted, 1.0))
+    fill_ttft = jnp.minimum(fill_round * fill_time / fill_rounds, fill_time)
     queue_start = fill_time + shrink_time + recompute_time
-    queued_ttft = queue_start + (order - admitted + victims) / admission_rate + prompt_rounds_time
-    ttft = jnp.where(in_fill, fill_ttft, queued_ttft) + first_token
+    # Admissions from the queue start when the fill ends, because early completions free
+    # slots during the shrink too, and readmitted victims go first. Victims and fresh
+    # requests are admitted at one rate from the fill to the drain.
+    admitting_time = shrink_time + recompute_time + steady_time
+    queue_rate = jnp.where(admitting_time > 0,
+                           jnp.maximum(requests - running, 1.0) / jnp.maximum(admitting_time, 1e-9),
+                           completion_rate)
+    queued_ttft = fill_time + (order - admitted + victims) / queue_rate + prompt_rounds_time
+    ttft = jnp.where(in_fill, fill_ttft, queued_ttft + first_token)
 
     # Where each request starts its steady decoding, and the tokens it already has.
     kept = order < running
@@ -471,7 +629,7 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
                               jnp.where(is_victim, jnp.minimum(outputs - 1.0, victim_age), 0.0))
 
     # Each preemption at steady state waits for a completion before its recomputation.
-    token_time = steady.token_time + thrash / completion_rate / jnp.maximum(outputs - 1.0, 1.0)
+    token_time = steady.decode_time + thrash / completion_rate / jnp.maximum(outputs - 1.0, 1.0)
     drain_start = queue_start + steady_time
     remaining = jnp.maximum(outputs - 1.0 - tokens_before, 0.0)
     steady_tokens = jnp.clip((drain_start - decode_start) / token_time, 0.0, remaining)
@@ -483,7 +641,7 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     cohort_finish = jnp.interp(inputs.output_values, drain.ages, drain.finish_s)[None, :]
     cohort_e2e = fill_ttft + first_token + cohort_finish
     e2e = jnp.where(single_cohort, cohort_e2e, jnp.maximum(queue_e2e, ttft))
-    ttft = jnp.where(single_cohort, fill_ttft + first_token, ttft)
+    ttft = jnp.where(single_cohort, fill_ttft, ttft)
     # A request of one output token ends with its first token; the phases above would
     # otherwise hold it until the fill or the cohort's first round ends.
     e2e = jnp.where(outputs <= 1.0, ttft, e2e)
@@ -518,7 +676,7 @@ def _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments):
         lambda chunk: round_time(inputs, layout, tp, pp, steady.decodes, chunk, 1.0,
                                  steady.decodes * moments.running_context, 0.5 * chunk).total
     )(chunks)
-    return rounds * jnp.maximum(round_s, steady.step.total)
+    return jnp.maximum(rounds * jnp.maximum(round_s, steady.step.total), steady.prefill_wait)
 
 
 def _output_cv2(inputs: ModelInputs, moments: Moments):
@@ -538,7 +696,7 @@ def _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_b
                    keeps_up, max_rate, capacity, demand):
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
     preemption_delay = thrash / completion_rate
-    tpot_value = steady.token_time + preemption_delay * moments.mean_inverse_output
+    tpot_value = steady.decode_time + preemption_delay * moments.mean_inverse_output
     tpot = Latency(mean=tpot_value, p50=tpot_value, p90=tpot_value, p99=tpot_value)
     return ReplicaResult(
         makespan_s=jnp.nan,
@@ -564,6 +722,21 @@ def _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_b
 RUNNING_BISECTION_STEPS = 40
 
 
+def _implicit_root(residual, root):
+    """Return ``root`` of ``residual(x) = 0`` with the derivatives of the implicit function theorem.
+
+    Bisection returns the root through comparisons, so its derivative with respect to
+    the model's inputs is zero. One Newton correction whose value is zero (the residual
+    minus itself with gradients stopped) gives dx/dp = -(dr/dp) / (dr/dx), which
+    calibration needs for its Jacobian. The returned value equals ``root``.
+    """
+    root = jax.lax.stop_gradient(root)
+    value, slope = jax.jvp(residual, (root,), (jnp.ones_like(root),))
+    slope = jax.lax.stop_gradient(slope)
+    safe_slope = jnp.where(jnp.abs(slope) > 1e-12, slope, -1.0)
+    return root - (value - jax.lax.stop_gradient(value)) / safe_slope
+
+
 def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
                  max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
     """Open-loop Poisson arrivals, split evenly over replicas, at steady state.
@@ -578,7 +751,7 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
     rate = inputs.arrival_rate_per_s / dp
 
     kv_running = usable / moments.running_context
-    slots = jnp.maximum(jnp.minimum(max_num_seqs, kv_running), 1.0)
+    slots = jnp.maximum(jnp.minimum(running_limit(max_num_seqs, budget), kv_running), 1.0)
 
     def token_time(running):
         return _steady_round(inputs, layout, tp, pp, budget, running, moments, 0.0).token_time
@@ -590,9 +763,14 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
         return jnp.where(too_few, middle, low), jnp.where(too_few, high, middle)
 
     low, high = jax.lax.fori_loop(0, RUNNING_BISECTION_STEPS, bisect, (jnp.array(0.0), slots))
+    # Below one running request the token time is that of a request alone, so Little's
+    # law gives the count directly. The bisection resolves it only to slots / 2^40.
+    light = rate * moments.mean_output * token_time(1.0)
+    root = jnp.where(light < 1.0, light, high)
     full_service = moments.mean_output * token_time(slots)
     keeps_up = rate * full_service < slots
-    running = jnp.where(keeps_up, high, slots)
+    running = jnp.where(keeps_up, _implicit_root(lambda r: rate * moments.mean_output * token_time(r) - r, root),
+                        slots)
     max_rate = dp * slots / full_service
 
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, 0.0)
@@ -604,11 +782,15 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
         0.0, -conditional_wait * jnp.log((1.0 - quantile_points) / jnp.maximum(wait_probability, 1e-12))
     )
     prefill_s = _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments)
+    # An arrival waits for the round in progress to end, half a round on average, unless
+    # the replica is idle: with a Poisson number of requests present (M/G/infinity),
+    # that happens with probability exp(-running).
+    prefill_s = prefill_s + 0.5 * steady.step.total * (1.0 - jnp.exp(-running))
     wait_weights = jnp.ones(ORDER_POINTS) / ORDER_POINTS
     ttft_values = (waits[:, None] + prefill_s[None, :]).reshape(-1)
     weights = (wait_weights[:, None] * inputs.prompt_probabilities[None, :]).reshape(-1)
     ttft = _latency(mean_wait + jnp.sum(inputs.prompt_probabilities * prefill_s), ttft_values, weights)
-    e2e = _e2e_from(inputs, ttft_values, weights, steady.token_time)
+    e2e = _e2e_from(inputs, ttft_values, weights, steady.decode_time)
 
     nan = jnp.nan
     unstable = Latency(mean=nan, p50=nan, p90=nan, p99=nan)
@@ -628,23 +810,25 @@ def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp,
     clients = inputs.concurrency / dp
 
     kv_running = usable / moments.running_context
-    demand = jnp.minimum(max_num_seqs, clients)
+    demand = jnp.minimum(running_limit(max_num_seqs, budget), clients)
     running = jnp.maximum(jnp.minimum(demand, kv_running), 1e-3)
     kv_bound = demand > kv_running
     waiting = clients > running * 1.0001
     headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
-    thrash = jnp.where(waiting, preemptions_per_completion(moments, headroom), 0.0)
+    tail = tail_preemptions(inputs, moments, running, headroom)
+    thrash = jnp.where(waiting, tail.per_request * uncovered_growth_share(
+        inputs, moments, jnp.minimum(running, budget)), 0.0)
 
-    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash)
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, tail.victim_context)
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
     queue_wait = jnp.maximum(clients - running, 0.0) / completion_rate
     ttft_values = queue_wait + _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments)
     weights = inputs.prompt_probabilities
     ttft = _latency(jnp.sum(weights * ttft_values), ttft_values, weights)
-    token_time = steady.token_time + thrash / completion_rate * moments.mean_inverse_output
+    token_time = steady.decode_time + thrash / completion_rate * moments.mean_inverse_output
     e2e = _e2e_from(inputs, ttft_values, weights, token_time)
 
-    slots = jnp.maximum(jnp.minimum(max_num_seqs, kv_running), 1.0)
+    slots = jnp.maximum(jnp.minimum(running_limit(max_num_seqs, budget), kv_running), 1.0)
     saturated = _steady_round(inputs, layout, tp, pp, budget, slots, moments, 0.0)
     max_rate = dp * slots / (moments.mean_output * saturated.token_time)
     return _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_bound, budget,

@@ -6,15 +6,19 @@ import collections
 import dataclasses
 import logging
 import math
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import optuna
 
+from kvplan.costmodel.attribution import bottleneck_label
 from kvplan.costmodel.evaluate import CostModel, Deployment, Evaluation
 from kvplan.formatting import format_seconds
 from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, Layout, SearchSpace, build_search_space
 from kvplan.spec.errors import KvplanError
 from kvplan.spec.types import Plan
+
+if TYPE_CHECKING:
+    from kvplan.optimizer.pareto import ParetoResult
 
 logger = logging.getLogger("kvplan")
 
@@ -23,8 +27,10 @@ logger = logging.getLogger("kvplan")
 SCHEMA_VERSION = 1
 
 DEFAULT_TRIALS = 200
-# Trials asked from Optuna before one batched call of the cost model.
-TRIALS_PER_BATCH = 25
+# Trials asked from Optuna before one batched call of the cost model. At 200 trials,
+# batches of 50 found the same optimum as batches of 10 and 25 on every example plan, in
+# a median 21 % less time than batches of 25 (bench/sampler.py, docs/benchmarks.md).
+TRIALS_PER_BATCH = 50
 DEFAULT_TOP = 10
 
 # Direction of each objective and the metric it reads.
@@ -45,6 +51,9 @@ class RankedDeployment:
     sla_met: bool
     violations: tuple[str, ...]
     objective_value: float | None
+    # Short label of what binds the deployment ("KV capacity", "SLA: ttft_p99"; see
+    # kvplan.costmodel.attribution.bottleneck); None when infeasible.
+    bottleneck: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         evaluation = self.evaluation
@@ -56,6 +65,7 @@ class RankedDeployment:
             "sla_met": self.sla_met,
             "violations": list(self.violations),
             "objective_value": self.objective_value,
+            "bottleneck": self.bottleneck,
             "metrics": evaluation.metrics,
         }
 
@@ -174,7 +184,8 @@ def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeploymen
         violations = tuple(sla_violations(plan, evaluation)) if evaluation.feasible else ()
         value = evaluation.metrics.get(metric) if evaluation.feasible else None
         sla_met = evaluation.feasible and not violations
-        unranked.append(RankedDeployment(0, evaluation, sla_met, violations, value))
+        unranked.append(RankedDeployment(0, evaluation, sla_met, violations, value,
+                                         bottleneck_label(plan, evaluation)))
     unranked.sort(key=lambda ranked: _sort_key(direction, ranked))
     return [dataclasses.replace(ranked, rank=i + 1) for i, ranked in enumerate(unranked)]
 
@@ -276,19 +287,48 @@ def optimize(
     trials: int | None = None,
     seed: int = 0,
     exhaustive: bool = False,
-) -> SearchResult:
+    objectives: Sequence[str] | None = None,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_jobs: int = 1,
+    progress: Callable[[int, int, float | None], None] | None = None,
+) -> SearchResult | ParetoResult:
     """Search the plan's space and rank every deployment evaluated.
 
     The default search asks Optuna's TPE sampler for trials in batches, scores each
     batch with one call of the cost model, then polishes the best deployments by trying
     their neighbours in every setting until none improves. ``exhaustive`` evaluates
     every point instead.
+
+    With two or three ``objectives`` (metric names such as ``"ttft_p99"``), the plan's
+    objective is ignored and the search returns the Pareto front as a ``ParetoResult``
+    (see :func:`kvplan.optimizer.pareto.optimize_pareto`).
+
+    ``storage`` is a URL such as ``sqlite:///study.db`` (see
+    :func:`kvplan.optimizer.studies.parse_storage_url`). The trials then go to the study
+    ``study_name`` (default: the plan's name) in it, and a later search of the same plan
+    and study resumes it. ``n_jobs`` runs the sampler in that many local processes that
+    share the study. ``progress(done, total, best)`` is called after each batch of
+    trials with the trials done by this call and the best SLA-meeting objective value
+    so far. Ctrl-C raises :class:`kvplan.optimizer.studies.SearchInterrupted`, whose
+    ``result`` ranks the completed trials.
     """
+    if objectives is not None and (storage is not None or n_jobs != 1):
+        # TODO: keep multi-objective searches in a study too.
+        raise KvplanError("--storage and --n-jobs work with the plan's single objective only; drop them or "
+                          "the --objective options")
+    if objectives is not None:
+        from kvplan.optimizer.pareto import optimize_pareto
+
+        return optimize_pareto(plan, objectives, trials=trials, seed=seed, exhaustive=exhaustive)
     direction, metric = _objective_direction(plan)
     space = build_search_space(plan)
     model = CostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
 
     if exhaustive:
+        if storage is not None or n_jobs != 1:
+            raise KvplanError("--exhaustive evaluates every deployment in one process without Optuna, so it "
+                              "keeps no study; drop --storage and --n-jobs, or drop --exhaustive")
         if space.size > MAX_EXHAUSTIVE_POINTS:
             raise KvplanError(
                 f"the search space has {space.size:,} points, more than --exhaustive enumerates "
@@ -301,8 +341,10 @@ def optimize(
     trials = DEFAULT_TRIALS if trials is None else trials
     if trials < 1:
         raise KvplanError(f"trials must be at least 1, but got {trials}")
-    evaluated = _tpe_search(plan, model, space, direction, metric, trials, seed)
-    _polish(plan, model, space, direction, evaluated)
+    if n_jobs < 1:
+        raise KvplanError(f"n_jobs must be at least 1, but got {n_jobs}")
+    evaluated = _study_search(plan, model, space, direction, metric, trials, seed,
+                              storage=storage, study_name=study_name, n_jobs=n_jobs, progress=progress)
     ranked = _rank(plan, evaluated.values())
     return _result(plan, ranked, "tpe", len(evaluated), space.size)
 
@@ -318,58 +360,193 @@ def _score(plan: Plan, evaluation: Evaluation, direction: str, metric: str) -> t
     return value, float(violations)
 
 
-def _tpe_search(plan, model, space: SearchSpace, direction, metric, trials, seed) -> dict[Deployment, Evaluation]:
+def _sampler(seed: int, trials: int) -> optuna.samplers.BaseSampler:
+    # Random trials before TPE models the results; a resumed study with that many
+    # completed trials goes straight to TPE.
+    return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(TRIALS_PER_BATCH, trials))
+
+
+def _distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
+    """Return the Optuna distribution of each searched setting, in the order trials sample them."""
+    categorical = optuna.distributions.CategoricalDistribution
+    return {
+        "layout": categorical([layout.label for layout in space.layouts]),
+        "max_num_seqs": categorical(list(space.max_num_seqs)),
+        "max_num_batched_tokens": categorical(list(space.max_num_batched_tokens)),
+        "gpu_memory_utilization": categorical(list(space.gpu_memory_utilization)),
+    }
+
+
+def _trial_params(deployment: Deployment) -> dict[str, Any]:
+    """Return the trial parameters that :func:`_deployment_of` turns back into ``deployment``."""
+    return {
+        "layout": Layout(deployment.dp, deployment.tp, deployment.pp).label,
+        "max_num_seqs": deployment.max_num_seqs,
+        "max_num_batched_tokens": deployment.max_num_batched_tokens,
+        "gpu_memory_utilization": deployment.gpu_memory_utilization,
+    }
+
+
+def _deployment_of(layouts_by_label: dict[str, Layout], params: dict[str, Any]) -> Deployment:
+    layout = layouts_by_label[params["layout"]]
+    return Deployment(
+        dp=layout.dp,
+        tp=layout.tp,
+        pp=layout.pp,
+        max_num_seqs=params["max_num_seqs"],
+        max_num_batched_tokens=params["max_num_batched_tokens"],
+        gpu_memory_utilization=params["gpu_memory_utilization"],
+    )
+
+
+def _optuna_value(value: float, direction: str) -> float:
+    """Return the objective value told to Optuna: a large finite stand-in for an infinite one."""
+    if math.isfinite(value):
+        return value
+    return 1e30 if direction == "minimize" else -1e30
+
+
+def _best_value(plan: Plan, evaluations: Iterable[Evaluation], direction: str, metric: str) -> float | None:
+    """Return the best objective value among evaluations that fit and meet the SLA, or None."""
+    values = []
+    for evaluation in evaluations:
+        value, violation = _score(plan, evaluation, direction, metric)
+        if violation == 0 and math.isfinite(value):
+            values.append(value)
+    if not values:
+        return None
+    return min(values) if direction == "minimize" else max(values)
+
+
+def _best_value_of(best: float | None, value: float, direction: str) -> float:
+    if best is None:
+        return value
+    return min(best, value) if direction == "minimize" else max(best, value)
+
+
+def _study_search(plan, model, space: SearchSpace, direction, metric, trials, seed, *, storage, study_name,
+                  n_jobs, progress) -> dict[Deployment, Evaluation]:
+    """Run the TPE search and the polish in a study: in memory, or resumed from ``storage``."""
+    from kvplan.optimizer import studies
+
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = _sampler(seed, trials)
+    with (studies.opened_study(plan, storage, study_name, n_jobs, [direction], sampler) as (study, url),
+          studies.graceful_stop(announce=True)):
+        display = url.display if url is not None else "memory"
+        evaluated = studies.evaluations_in_study(study)
+        trials_before = len(study.trials)
+        initial_best = _best_value(plan, evaluated.values(), direction, metric)
+        if progress is not None:
+            progress(0, trials, initial_best)
+        try:
+            if n_jobs > 1:
+                studies.run_workers(plan, url, study.study_name, trials, seed, n_jobs, direction,
+                                    progress=progress, initial_best=initial_best)
+                evaluated.update(studies.evaluations_in_study(study))
+            else:
+                def report(done: int, best: float | None) -> None:
+                    if progress is not None:
+                        progress(done, trials, best)
 
-    sampler = optuna.samplers.TPESampler(seed=seed, multivariate=True,
-                                         n_startup_trials=min(TRIALS_PER_BATCH, trials))
-    study = optuna.create_study(direction=direction, sampler=sampler)
-    layouts_by_label = {layout.label: layout for layout in space.layouts}
-    evaluated: dict[Deployment, Evaluation] = {}
-
-    remaining = trials
-    while remaining > 0:
-        batch_size = min(TRIALS_PER_BATCH, remaining)
-        remaining -= batch_size
-        asked = []
-        for _ in range(batch_size):
-            trial = study.ask()
-            layout: Layout = layouts_by_label[trial.suggest_categorical("layout", list(layouts_by_label))]
-            deployment = Deployment(
-                dp=layout.dp,
-                tp=layout.tp,
-                pp=layout.pp,
-                max_num_seqs=trial.suggest_categorical("max_num_seqs", list(space.max_num_seqs)),
-                max_num_batched_tokens=trial.suggest_categorical(
-                    "max_num_batched_tokens", list(space.max_num_batched_tokens)
-                ),
-                gpu_memory_utilization=trial.suggest_categorical(
-                    "gpu_memory_utilization", list(space.gpu_memory_utilization)
-                ),
-            )
-            asked.append((trial, deployment))
-
-        fresh = list({d for _, d in asked if d not in evaluated})
-        for deployment, evaluation in zip(fresh, model.evaluate(fresh)):
-            evaluated[deployment] = evaluation
-
-        for trial, deployment in asked:
-            value, violation = _score(plan, evaluated[deployment], direction, metric)
-            trial.set_constraint("fits_and_meets_sla", violation)
-            finite = value if math.isfinite(value) else (1e30 if direction == "minimize" else -1e30)
-            study.tell(trial, finite)
-    logger.debug("TPE evaluated %d distinct deployments in %d trials", len(evaluated), trials)
+                _tpe_search(plan, model, space, direction, metric, trials, study, evaluated, on_batch=report,
+                            best=initial_best)
+            _polish(plan, model, space, direction, evaluated, study=study, metric=metric)
+        except KeyboardInterrupt:
+            # Rank what the study holds: the trials completed before Ctrl-C.
+            evaluated = studies.evaluations_in_study(study)
+            ranked = _rank(plan, evaluated.values())
+            result = _result(plan, ranked, "tpe", len(evaluated), space.size)
+            raise studies.SearchInterrupted(result, study.study_name if storage else None,
+                                            display if storage else None) from None
+        if storage is not None:
+            logger.info("study %s in %s: %d trials, %d added by this search", study.study_name, display,
+                        len(study.trials), len(study.trials) - trials_before)
     return evaluated
+
+
+def search_in_study(plan: Plan, storage, study_name: str, trials: int, seed: int, *,
+                    on_batch: Callable[[int, float | None], None] | None = None) -> None:
+    """Run ``trials`` TPE trials in an existing study; the body of a worker process."""
+    from kvplan.optimizer import studies
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction, metric = _objective_direction(plan)
+    space = build_search_space(plan)
+    model = CostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
+    with studies.opened_storage(storage) as opened:
+        study = studies.create_or_load_study(plan, opened, study_name, [direction], _sampler(seed, trials),
+                                             storage_display=storage.display)
+        evaluated = studies.evaluations_in_study(study)
+        _tpe_search(plan, model, space, direction, metric, trials, study, evaluated, on_batch=on_batch,
+                    best=_best_value(plan, evaluated.values(), direction, metric))
+
+
+def _tpe_search(plan, model, space: SearchSpace, direction, metric, trials, study: optuna.Study,
+                evaluated: dict[Deployment, Evaluation], *,
+                on_batch: Callable[[int, float | None], None] | None = None, best: float | None = None) -> None:
+    """Ask ``study`` for ``trials`` trials in batches, evaluate each batch at once and tell the results.
+
+    ``evaluated`` caches evaluations across batches and gains every new one. Each told
+    trial stores its deployment and prediction (see :mod:`kvplan.optimizer.studies`).
+    A stop requested with Ctrl-C ends the search between batches. A KeyboardInterrupt
+    inside a batch (a second Ctrl-C) marks the batch's untold trials failed and propagates.
+    """
+    from kvplan.optimizer import studies
+
+    distributions = _distributions(space)
+    layouts_by_label = {layout.label: layout for layout in space.layouts}
+    done = 0
+    # Once every point of the space has been evaluated, further trials could only repeat one.
+    while done < trials and len(evaluated) < space.size:
+        # Ctrl-C stops the search here, between batches, where no trial is left untold.
+        studies.raise_if_stop_requested()
+        batch_size = min(TRIALS_PER_BATCH, trials - done)
+        untold: list[optuna.Trial] = []
+        try:
+            asked = []
+            for _ in range(batch_size):
+                trial = study.ask(distributions)
+                untold.append(trial)
+                asked.append((trial, _deployment_of(layouts_by_label, trial.params)))
+
+            fresh = list({d for _, d in asked if d not in evaluated})
+            for deployment, evaluation in zip(fresh, model.evaluate(fresh)):
+                evaluated[deployment] = evaluation
+
+            for trial, deployment in asked:
+                evaluation = evaluated[deployment]
+                value, violation = _score(plan, evaluation, direction, metric)
+                studies.record_evaluation(trial, evaluation, violation, studies.SOURCE_TPE)
+                study.tell(trial, _optuna_value(value, direction))
+                untold.remove(trial)
+                if violation == 0 and math.isfinite(value):
+                    best = _best_value_of(best, value, direction)
+        except KeyboardInterrupt:
+            studies.fail_trials(study, untold)
+            raise
+        done += batch_size
+        if on_batch is not None:
+            on_batch(done, best)
+    logger.debug("TPE evaluated %d distinct deployments in %d trials", len(evaluated), trials)
 
 
 # Deployments whose neighbourhoods the polish explores in each round.
 POLISH_WIDTH = 3
 
 
-def _polish(plan, model, space: SearchSpace, direction, evaluated: dict[Deployment, Evaluation]) -> None:
-    """Try the neighbours of the best deployments until no neighbour improves on them."""
+def _polish(plan, model, space: SearchSpace, direction, evaluated: dict[Deployment, Evaluation], *,
+            study: optuna.Study | None = None, metric: str | None = None) -> None:
+    """Try the neighbours of the best deployments until no neighbour improves on them.
+
+    With a ``study``, each evaluated neighbour is added to it as a completed trial, so a
+    stored study keeps the polish's finds and its sampler learns from them.
+    """
+    from kvplan.optimizer import studies
+
     explored: set[Deployment] = set()
     while True:
+        studies.raise_if_stop_requested()
         leaders = [r.evaluation.config for r in _rank(plan, evaluated.values())[:POLISH_WIDTH]
                    if r.evaluation.feasible]
         frontier = [d for d in leaders if d not in explored]
@@ -378,5 +555,22 @@ def _polish(plan, model, space: SearchSpace, direction, evaluated: dict[Deployme
         explored.update(frontier)
         candidates = {n for d in frontier for n in space.neighbours(d)} - set(evaluated)
         candidates = sorted(candidates, key=lambda d: dataclasses.astuple(d))
-        for deployment, evaluation in zip(candidates, model.evaluate(candidates)):
+        evaluations = model.evaluate(candidates)
+        for deployment, evaluation in zip(candidates, evaluations):
             evaluated[deployment] = evaluation
+        if study is not None:
+            _record_polish(plan, space, direction, metric, study, evaluations)
+
+
+def _record_polish(plan, space: SearchSpace, direction, metric, study: optuna.Study,
+                   evaluations: list[Evaluation]) -> None:
+    from kvplan.optimizer import studies
+
+    distributions = _distributions(space)
+    trials = []
+    for evaluation in evaluations:
+        value, violation = _score(plan, evaluation, direction, metric)
+        trials.append(studies.completed_trial(_trial_params(evaluation.config), distributions,
+                                              _optuna_value(value, direction), evaluation, violation,
+                                              studies.SOURCE_POLISH))
+    study.add_trials(trials)

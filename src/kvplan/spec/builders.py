@@ -290,6 +290,8 @@ def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: Source
         _check_compute_dtype(session, source_map, model, node)
     if model is not None and node is not None and search is not None:
         _check_model_fits(session, source_map, model, node, search)
+    if engine is not None and workload is not None:
+        _check_kv_cache_holds_request(session, source_map, engine, workload)
     deployed = None
     if "deployed" in data and engine is not None and is_clean(problems, ("deployed",)):
         deployed = _build_deployed(data["deployed"], engine)
@@ -554,6 +556,29 @@ def _check_compute_dtype(session: LoadSession, source_map: SourceMap, model: Mod
         )
 
 
+def _check_kv_cache_holds_request(session: LoadSession, source_map: SourceMap, engine: EngineSettings,
+                                  workload: WorkloadSpec) -> None:
+    """Report an ``engine.kv_cache_tokens`` too small for one longest request, or for one block.
+
+    vLLM rejects a request whose prompt and output cannot fit in the whole KV cache, so
+    no deployment of such a plan could serve the workload.
+    """
+    capacity = engine.kv_cache_tokens
+    if capacity is None:
+        return
+    prompt = workload.prompt_tokens.max_tokens
+    output = workload.output_tokens.max_tokens
+    needed = max(prompt + output, engine.block_size or 0)
+    if capacity < needed:
+        session.report(
+            source_map,
+            ("engine", "kv_cache_tokens"),
+            f"a KV cache of {capacity:,} tokens cannot hold one longest request of the workload ({prompt + output:,}"
+            f" tokens: prompt {prompt:,} + output {output:,}); set kv_cache_tokens to at least {needed:,}, or"
+            " remove it to size the KV cache from GPU memory",
+        )
+
+
 def _check_model_fits(
     session: LoadSession, source_map: SourceMap, model: ModelSpec, node: NodeSpec, search: SearchSpace
 ) -> None:
@@ -599,11 +624,17 @@ def _check_model_fits(
     session.report(
         source_map,
         ("model",),
-        f"model {model.name!r} does not fit node {node.name!r}: its weights need {bytes_per_gpu / 1e9:.1f} GB"
+        f"model {model.name!r} does not fit node {node.name!r}: its weights need {_gigabytes(bytes_per_gpu)}"
         f" per GPU even at tp {tp} x pp {pp}, the lightest split within {limits}, but"
-        f" gpu_memory_utilization {utilization:g} leaves {usable_bytes / 1e9:.1f} GB of each"
-        f" {node.gpu_memory_bytes / 1e9:.1f} GB GPU; {remedy}",
+        f" gpu_memory_utilization {utilization:g} leaves {_gigabytes(usable_bytes)} of each"
+        f" {_gigabytes(node.gpu_memory_bytes)} GPU; {remedy}",
     )
+
+
+def _gigabytes(size_bytes: float) -> str:
+    """Format a size in GB, with three significant digits and an exponent above 10^7 GB."""
+    gigabytes = size_bytes / 1e9
+    return f"{gigabytes:.1f} GB" if gigabytes < 1e7 else f"{gigabytes:.3g} GB"
 
 
 def _powers_of_two_up_to(limit: int) -> tuple[int, ...]:

@@ -317,6 +317,20 @@ def _file(spec: Mapping[str, Any], base_dir: str) -> LengthDistribution:
     return _normalized(values, probabilities, maximum, description)
 
 
+# Characters of a value that an error message quotes; the rest of a lengths file is not shown.
+QUOTED_VALUE_CHARS = 24
+
+
+def _quoted(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= QUOTED_VALUE_CHARS else f"{text[:QUOTED_VALUE_CHARS]}... ({len(text)} characters)"
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "an array", str: "a string", bool: "a boolean", int: "a number", float: "a number"}
+    return kinds.get(type(value), "null")
+
+
 def _parse_length(text: Any, location: str, field: str) -> int:
     if isinstance(text, bool):
         raise ValueProblem(f"{location}: {field} value {json.dumps(text)} is not a whole number of tokens", "path")
@@ -328,19 +342,19 @@ def _parse_length(text: Any, location: str, field: str) -> int:
             number = float(stripped)
         except ValueError:
             raise ValueProblem(
-                f"{location}: {field} value {text!r} is not a whole number of tokens", "path"
+                f"{location}: {field} value {_quoted(text)} is not a whole number of tokens", "path"
             ) from None
     elif isinstance(text, (int, float)):
         number = float(text)
     else:
-        raise ValueProblem(f"{location}: {field} value {text!r} is not a whole number of tokens", "path")
+        raise ValueProblem(f"{location}: {field} value {_quoted(text)} is not a whole number of tokens", "path")
     if not math.isfinite(number) or not number.is_integer():
-        raise ValueProblem(f"{location}: {field} value {text!r} is not a whole number of tokens", "path")
+        raise ValueProblem(f"{location}: {field} value {_quoted(text)} is not a whole number of tokens", "path")
     if number < 1:
-        raise ValueProblem(f"{location}: {field} value {text!r} must be at least 1 token", "path")
+        raise ValueProblem(f"{location}: {field} value {_quoted(text)} must be at least 1 token", "path")
     if number > MAX_TOKENS:
         raise ValueProblem(
-            f"{location}: {field} value {text!r} is above the limit of {MAX_TOKENS:,} tokens", "path"
+            f"{location}: {field} value {_quoted(text)} is above the limit of {MAX_TOKENS:,} tokens", "path"
         )
     return int(number)
 
@@ -352,8 +366,10 @@ def _read_csv_lengths(path: str, field: str) -> list[int]:
             if reader.fieldnames is None:
                 raise ValueProblem(f"lengths file {path} is empty; expected a header row", "path")
             if field not in reader.fieldnames:
-                columns = ", ".join(repr(name) for name in reader.fieldnames)
-                raise ValueProblem(f"{path} has no column {field!r}; its columns are {columns}", "path")
+                # The header is not quoted: a lengths file may lie outside any project (rule 7
+                # of docs/robustness.md), and error messages often end up in public CI logs.
+                raise ValueProblem(f"{path} has no column {field!r} in its header row; check the field name",
+                                   "path")
             lengths = []
             for row in reader:
                 location = f"{path} line {reader.line_num}"
@@ -383,7 +399,7 @@ def _read_jsonl_lengths(path: str, field: str) -> list[int]:
                 except RecursionError:
                     raise ValueProblem(f"{location}: invalid JSON: arrays or objects are nested too deeply", "path") from None
                 if not isinstance(record, dict):
-                    raise ValueProblem(f"{location}: expected a JSON object, but got {line.strip()[:40]}", "path")
+                    raise ValueProblem(f"{location}: expected a JSON object, but got {_json_kind(record)}", "path")
                 if field not in record:
                     raise ValueProblem(f"{location}: the object has no key {field!r}", "path")
                 lengths.append(_parse_length(record[field], location, field))
