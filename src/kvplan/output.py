@@ -87,7 +87,7 @@ def describe_plan(plan) -> list[str]:
     """Return the header lines that name a plan's model, node, workload and SLA."""
     workload = plan.workload
     if workload.arrival_mode == "batch":
-        load = f"{workload.requests:,} requests at once"
+        load = f"{workload.requests:,} request{'' if workload.requests == 1 else 's'} at once"
     elif workload.arrival_mode == "rate":
         load = f"{workload.arrival_rate_per_s:g} requests/s (Poisson)"
     else:

@@ -49,6 +49,7 @@ BAD_FILES = {
     "rate-and-concurrency.json": (changed(request_rate=2.0, max_concurrency=4),
                                   "sets both request_rate and max_concurrency"),
     "bad-tp.json": (changed(kvplan_tp="two"), "kvplan_tp must be a number"),
+    "no-rate.json": (changed(request_rate=...), "missing 'request_rate'"),
     "no-input-len.json": (changed(kvplan_input_len=...), "missing 'input_len'"),
     "ratio.json": (changed(kvplan_range_ratio="1.5"), "range_ratio must be in"),
     "over-budget.json": (changed(kvplan_tp="4"), "needs more GPUs than the plan's gpu_budget"),

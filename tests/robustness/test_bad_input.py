@@ -146,6 +146,16 @@ def test_integer_beyond_64_bits(cli, write) -> None:
     assert f"{plan}:11:13: $: invalid YAML: integer 999999999999999999999999... (5000 characters) is too large" in result.stderr
 
 
+def test_integer_below_64_bits(cli, write) -> None:
+    plan = write("plan.yaml", plan_text(workload=WORKLOAD.replace("requests: 10", "requests: -9223372036854775809")))
+
+    result = cli("validate", plan)
+
+    assert_clean_failure(result)
+    assert (f"{plan}:11:13: $: invalid YAML: integer -9223372036854775809 is too small; integers may be at least "
+            "-9,223,372,036,854,775,808") in result.stdout
+
+
 def test_nodes_above_gpu_limit(cli, write) -> None:
     plan = write("plan.yaml", plan_text(node="h200-sxm-8\n  nodes: 1000000000", extra=""))
 

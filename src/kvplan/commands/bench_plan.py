@@ -54,6 +54,9 @@ PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
 # vllm serve listens on port 8000 by default and answers GET /health once it is ready,
 # and vllm bench serve sends to 127.0.0.1:8000 by default.
 HEALTH_URL = "http://127.0.0.1:8000/health"
+# Seconds the script waits for a server to become ready before it gives up; loading the
+# weights of a large model from a network disk can take several minutes.
+READY_TIMEOUT_S = 1800
 
 # Keys that bench-plan adds to each result file with ``vllm bench serve --metadata``,
 # so that a result says which deployment and workload it measured.
@@ -344,8 +347,15 @@ def render_script(manifest: dict[str, Any]) -> str:
             env = "".join(f"{name}={shlex.quote(value)} " for name, value in node["env"].items())
             lines.append(env + " ".join(shlex.quote(word) for word in node["argv"]) + " &")
             lines.append("server=$!")
-            lines.append(f"until curl -sf {HEALTH_URL} >/dev/null; do sleep 10; done")
-            lines.append(bench)
+            lines.append("waited=0")
+            lines.append(f"until curl -sf {HEALTH_URL} >/dev/null; do")
+            lines.append(f'  if ! kill -0 "$server" 2>/dev/null || [ "$waited" -ge {READY_TIMEOUT_S} ]; then')
+            lines.append(f'    echo "{run["run_id"]}: the server did not become ready" >&2; '
+                         'kill "$server" 2>/dev/null; exit 1')
+            lines.append("  fi")
+            lines.append("  sleep 10; waited=$((waited + 10))")
+            lines.append("done")
+            lines.append(bench + ' || { kill "$server"; wait "$server" || true; exit 1; }')
             lines.append('kill "$server"; wait "$server" || true')
             continue
         lines.append("# This deployment spans several nodes: start each server by hand, then run the benchmark.")

@@ -188,7 +188,12 @@ def _workload(path: str, record: dict[str, Any], run: dict[str, Any] | None):
         raise _invalid(path, f"range_ratio must be in [0, {MAX_RANGE_RATIO}], but got {ratio}")
 
     num_prompts = _count(path, record, "num_prompts")
-    rate_value = record.get("request_rate", "inf")
+    if "request_rate" not in record:
+        # vllm bench serve --save-result always writes it; without it a rate run would be
+        # read as an offline batch.
+        raise _invalid(path, "missing 'request_rate'; vllm bench serve --save-result writes it (inf when all "
+                             "requests are sent at once), so add it to the result")
+    rate_value = record["request_rate"]
     rate = None if rate_value in ("inf", "", None) else _number(path, record, "request_rate")
     if rate is not None and (math.isinf(rate)):
         rate = None

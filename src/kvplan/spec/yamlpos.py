@@ -136,7 +136,10 @@ class _SpecLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_yaml_int(self, node: yaml.ScalarNode) -> int:
-        message = f"integer {_shortened(node.value)} is too large; integers may be at most {MAX_INTEGER:,}"
+        if node.value.lstrip().startswith("-"):
+            message = f"integer {_shortened(node.value)} is too small; integers may be at least -{MAX_INTEGER:,}"
+        else:
+            message = f"integer {_shortened(node.value)} is too large; integers may be at most {MAX_INTEGER:,}"
         too_large = yaml.constructor.ConstructorError(None, None, message, node.start_mark)
         try:
             value = super().construct_yaml_int(node)
