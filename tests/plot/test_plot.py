@@ -112,7 +112,8 @@ def test_plot_png_reads_back(front_json, tmp_path, capsys):
     assert data.startswith(PNG_SIGNATURE)
     image = matplotlib.image.imread(output)
     height, width = image.shape[:2]
-    assert width > 1000 and height > 400
+    assert width > 1000
+    assert height > 400
     # A blank canvas would be one colour; the plot has markers and lines in several.
     assert len({tuple(pixel) for pixel in image[::7, ::7].reshape(-1, image.shape[2])}) > 20
     assert "on the front" in capsys.readouterr().err
@@ -124,7 +125,9 @@ def test_plot_html_parses(front_json, tmp_path):
     page = _Page()
     page.feed(output.read_text())
     assert "svg" in page.tags
-    assert "script" not in page.tags and "img" not in page.tags  # nothing is loaded from elsewhere
+    # Nothing is loaded from elsewhere.
+    assert "script" not in page.tags
+    assert "img" not in page.tags
     document = json.loads(front_json.read_text())
     # Header row plus one per front point in throughput and TTFT p99, the result's objectives.
     assert page.rows["front"] == 1 + document["search"]["front_size"]

@@ -47,19 +47,19 @@ MAX_RANGE_RATIO = 0.99
 STEADY_STATE_REQUESTS_PER_SLOT = 10
 MIN_STEADY_STATE_PROMPTS = 100
 
-# Percentiles the benchmark reports: the SLA statistics kvplan knows (p50, p90, p99).
+# Percentiles the benchmark reports: the SLA statistics kvplan predicts (p50, p90, p99).
 METRIC_PERCENTILES = "50,90,99"
 PERCENTILE_METRICS = "ttft,tpot,itl,e2el"
 
-# vllm serve listens on port 8000 by default and answers GET /health once it is ready,
+# vllm serve listens on port 8000 by default and returns 200 on GET /health once it is ready,
 # and vllm bench serve sends to 127.0.0.1:8000 by default.
 HEALTH_URL = "http://127.0.0.1:8000/health"
-# Seconds the script waits for a server to become ready before it gives up; loading the
+# Seconds the script waits for a server to become ready before it gives up. Loading the
 # weights of a large model from a network disk can take several minutes.
 READY_TIMEOUT_S = 1800
 
 # Keys that bench-plan adds to each result file with ``vllm bench serve --metadata``,
-# so that a result says which deployment and workload it measured.
+# so that a result records which deployment and workload it measured.
 METADATA_PREFIX = "kvplan_"
 DEPLOYMENT_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
 WORKLOAD_KEYS = ("input_len", "output_len", "range_ratio")

@@ -149,7 +149,7 @@ def _peaks(plan: Plan) -> np.ndarray:
 def _with_constants(inputs: ModelInputs, values, peaks) -> ModelInputs:
     """Return ``inputs`` with the constants' leaves computed from ``values``.
 
-    ``values`` holds the constants in SI units, ordered as ``CONSTANTS``. The all-reduce
+    ``values`` contains the constants in SI units, ordered as ``CONSTANTS``. The all-reduce
     bandwidth fraction is not fitted, so the NVLink bandwidth leaf stays as built.
     """
     compute = jnp.where(peaks[2] > 0, values[_INDEX["fp8_compute"]], values[_INDEX["compute"]])

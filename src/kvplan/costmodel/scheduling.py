@@ -17,8 +17,8 @@ phase formulas:
   (``uncovered_growth_share``).
 * Offline batch. Fill (prefill of the first admissions), steady state while requests
   wait, and drain (the last running requests finish with a shrinking batch; the
-  longest output sets the end). A replica whose requests are all admitted at once runs
-  as one cohort that time-shares the pool once its KV demand overflows it.
+  longest output sets the end). A replica whose requests are all admitted at once and
+  fit the pool runs as one cohort; one whose cohort would overflow the pool is a queue.
 * Rate and concurrency. Little's law for the running count, a many-server queue
   approximation for waiting (rate), and the closed-loop identity for clients.
 """
@@ -244,8 +244,8 @@ def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, momen
 
     Each decoded token brings (E[p] + thrash x victim_context) / E[o] prefill tokens
     with it (the admissions that replace completions, and the recomputation of
-    preempted requests, a running context each unless ``victim_context`` says
-    otherwise). Decodes and that prefill share the token budget, so when the budget
+    preempted requests, a running context each unless ``victim_context`` gives
+    another size). Decodes and that prefill share the token budget, so when the budget
     cannot carry both, fewer requests decode per round and the rest wait.
     """
     if victim_context is None:
@@ -253,9 +253,8 @@ def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, momen
     prefill_per_decode = (moments.mean_prompt + thrash * victim_context) / moments.mean_output
     budget_decodes = max_num_batched_tokens / (1.0 + prefill_per_decode)
     # A round runs whole requests. Below one running request the replica idles between
-    # rounds, and a request alone still decodes one token per round, so a round is timed
-    # with at least one request, and ``decodes`` (per round of wall time) is that round's
-    # decodes times the share of time the replica is busy.
+    # rounds, so a round is timed with at least one request. ``decodes`` (per round of
+    # wall time) is then that round's decodes times the share of time the replica is busy.
     busy = jnp.maximum(running, 1.0)
     busy_decodes = jnp.maximum(jnp.minimum(busy, budget_decodes), 1e-6)
     completions = busy_decodes / moments.mean_output
@@ -437,8 +436,9 @@ def _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running) 
 def _lockstep_peak(inputs: ModelInputs, moments: Moments, requests):
     """Return the peak KV demand, in tokens, of ``requests`` admitted together.
 
-    At age k every request still running holds its prompt plus k tokens; the peak lies
-    at one of the output lengths, just before the requests of that length finish.
+    At age k every request still running has its prompt plus k tokens in the cache, so
+    the peak lies at one of the output lengths, just before the requests of that length
+    finish.
     """
     o = inputs.output_values
     w = inputs.output_probabilities
@@ -467,9 +467,9 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     running = jnp.minimum(demand, kv_running)
     kv_bound = demand > kv_running
     admitted = jnp.minimum(demand, usable / moments.new_request_tokens)
-    # A replica admitted whole runs as one cohort only while its KV demand fits: once
-    # it overflows, LIFO preemption keeps the oldest requests running and the newest
-    # wait, so the replica behaves like a queue rather than sharing the pool evenly.
+    # A replica admitted whole runs as one cohort only while its KV demand fits. Once it
+    # overflows, LIFO preemption keeps the oldest requests running and makes the newest
+    # wait, so the replica behaves like a queue, not like an even share of the pool.
     single_cohort = (admitted >= requests) & (_lockstep_peak(inputs, moments, requests) <= usable)
 
     headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
@@ -606,7 +606,7 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
 
     in_fill = order < admitted
     # The round that completes a prompt samples its first token, so a request admitted in
-    # the fill gets it at the end of the round that holds its prompt's last chunk.
+    # the fill gets it at the end of the round that computes its prompt's last chunk.
     fill_round = jnp.ceil(fill_rounds * (order + 1.0) / jnp.maximum(admitted, 1.0))
     fill_ttft = jnp.minimum(fill_round * fill_time / fill_rounds, fill_time)
     queue_start = fill_time + shrink_time + recompute_time

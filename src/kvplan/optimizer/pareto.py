@@ -48,7 +48,7 @@ POINT_METRICS = ("output_tokens_per_s_per_gpu", "output_tokens_per_s", "ttft_s",
 def non_dominated(vectors: Sequence[Sequence[float]], directions: Sequence[str]) -> list[int]:
     """Return the indices of the rows of ``vectors`` that no other row dominates, in order.
 
-    ``directions`` holds "minimize" or "maximize" for each column. Row a dominates row
+    ``directions`` gives "minimize" or "maximize" for each column. Row a dominates row
     b when a is as good as b in every column and strictly better in one, so equal rows
     do not dominate each other and all of them stay. Values must be finite.
     """
@@ -177,10 +177,15 @@ class ParetoResult:
 
 def _signed(objectives: Sequence[ObjectiveMetric], values: Sequence[float | None]) -> tuple[float, ...]:
     """Return the values as costs to minimize; an undefined value costs infinity."""
-    return tuple(
-        math.inf if value is None else (value if objective.direction == "minimize" else -value)
-        for objective, value in zip(objectives, values)
-    )
+    costs = []
+    for objective, value in zip(objectives, values):
+        if value is None:
+            costs.append(math.inf)
+        elif objective.direction == "minimize":
+            costs.append(value)
+        else:
+            costs.append(-value)
+    return tuple(costs)
 
 
 def rank_points(plan: Plan, objectives: Sequence[ObjectiveMetric],

@@ -400,7 +400,7 @@ def _deployment_of(layouts_by_label: dict[str, Layout], params: dict[str, Any]) 
 
 
 def _optuna_value(value: float, direction: str) -> float:
-    """Return the objective value told to Optuna: a large finite stand-in for an infinite one."""
+    """Return the objective value reported to Optuna: a large finite stand-in for an infinite one."""
     if math.isfinite(value):
         return value
     return 1e30 if direction == "minimize" else -1e30
