@@ -287,13 +287,12 @@ def wait_for_complete_trials(storage: str, name: str, count: int, process: subpr
     pytest.fail(f"kvplan completed fewer than {count} trials in {PROCESS_TIMEOUT_S} s")
 
 
-@pytest.mark.parametrize("n_jobs", [1, 2])
-def test_ctrl_c_keeps_trials_and_prints_best(n_jobs, tmp_path):
-    storage = f"sqlite:///{tmp_path}/study.db"
+def interrupt_search(args: list[str], storage: str):
+    """Run kvplan with ``args``, send Ctrl-C once 50 trials are stored, and return
+    (process, trials seen before the signal, stdout, stderr)."""
     # The process group gets the signal, as from a terminal, so workers see it too.
-    process = subprocess.Popen([*KVPLAN, "optimize", str(PLAN_32B), "--storage", storage, "--trials", "100000",
-                                "--n-jobs", str(n_jobs)], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen([*KVPLAN, *args], cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True)
     try:
         seen = wait_for_complete_trials(storage, PLAN_NAME, 50, process)
         os.killpg(process.pid, signal.SIGINT)
@@ -302,6 +301,14 @@ def test_ctrl_c_keeps_trials_and_prints_best(n_jobs, tmp_path):
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
+    return process, seen, stdout, stderr
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_ctrl_c_keeps_trials_and_prints_best(n_jobs, tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    process, seen, stdout, stderr = interrupt_search(
+        ["optimize", str(PLAN_32B), "--storage", storage, "--trials", "100000", "--n-jobs", str(n_jobs)], storage)
     assert process.returncode == 130, stderr
     assert "interrupted by Ctrl-C" in stderr
     assert f"kept in study '{PLAN_NAME}' in {storage}" in stderr
@@ -380,3 +387,184 @@ def test_progress_bar_reports_trials_and_best(monkeypatch):
         progress(100, 200, 1943.2)
     assert "100/200" in terminal.getvalue()
     assert "best 1,943 tok/s/GPU" in terminal.getvalue()
+
+
+# Multi-objective studies
+
+OBJECTIVE_ARGS = ["--objective", "output_tokens_per_s_per_gpu", "--objective", "ttft_p99"]
+
+
+@pytest.fixture(scope="module")
+def front_study_file(tmp_path_factory) -> Path:
+    """A SQLite file with one multi-objective study of the 32B plan, 30 sampled trials and the polish's."""
+    path = tmp_path_factory.mktemp("front") / "front.db"
+    result = run_cli("optimize", PLAN_32B, *OBJECTIVE_ARGS, "--storage", f"sqlite:///{path}", "--trials", "30",
+                     "--format", "json")
+    assert result.exit_code == 0, result.stderr
+    return path
+
+
+def stored_front(storage: str, name: str) -> kvplan.ParetoResult:
+    with studies.opened_storage(storage) as opened:
+        result = studies.result_of_study(optuna.load_study(study_name=name, storage=opened))
+    assert isinstance(result, kvplan.ParetoResult)
+    return result
+
+
+def test_optimize_objectives_rerun_adds_trials(tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    for _ in range(2):
+        result = run_cli("optimize", PLAN_32B, *OBJECTIVE_ARGS, "--storage", storage, "--trials", "25",
+                         "--format", "json")
+        assert result.exit_code == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["search"]["front_size"] == len(stored_front(storage, PLAN_NAME).front)
+    (entry,) = json.loads(run_cli("study", "list", storage, "--format", "json").stdout)["studies"]
+    assert entry["trials"]["sampled"] == 50
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (OBJECTIVE_ARGS, ["--objective", "throughput", "--objective", "ttft_p99"],
+         "pass --objective output_tokens_per_s_per_gpu --objective ttft_p99 to resume it"),
+        (OBJECTIVE_ARGS, [], "pass --objective output_tokens_per_s_per_gpu --objective ttft_p99 to resume it"),
+        ([], OBJECTIVE_ARGS, "drop the --objective options to resume it"),
+    ],
+)
+def test_optimize_other_objectives_exit_1(first, second, message, tmp_path):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    assert run_cli("optimize", PLAN_32B, *first, "--storage", storage, "--trials", "5").exit_code == 0
+    result = run_cli("optimize", PLAN_32B, *second, "--storage", storage, "--trials", "5")
+    assert result.exit_code == 1
+    assert f"study '{PLAN_NAME}' in {storage}" in result.stderr
+    assert message in result.stderr
+    assert "choose another --study-name" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_optimize_objectives_exhaustive_storage_usage_error(tmp_path):
+    result = run_cli("optimize", PLAN_32B, *OBJECTIVE_ARGS, "--exhaustive", "--storage",
+                     f"sqlite:///{tmp_path}/x.db")
+    assert result.exit_code == 2
+    assert "--exhaustive" in result.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_study_list_shows_objectives(front_study_file):
+    storage = f"sqlite:///{front_study_file}"
+    front = stored_front(storage, PLAN_NAME)
+    result = run_cli("study", "list", storage)
+    assert result.exit_code == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if line.startswith(PLAN_NAME))
+    assert "output_tokens_per_s_per_gpu, ttft_p99" in row
+    assert f"front of {len(front.front)}" in row
+    config = front.best.evaluation.config
+    assert f"dp={config.dp} tp={config.tp} pp={config.pp} max_num_seqs={config.max_num_seqs}" in row
+
+    (entry,) = json.loads(run_cli("study", "list", storage, "--format", "json").stdout)["studies"]
+    assert entry["objective"] is None
+    assert entry["objectives"] == ["output_tokens_per_s_per_gpu", "ttft_p99"]
+    assert entry["front_size"] == len(front.front)
+    assert entry["best"]["config"] == config.to_dict()
+    assert entry["best"]["objective_values"]["ttft_p99"] == front.best.values[1]
+
+
+def test_study_show_prints_front(front_study_file):
+    storage = f"sqlite:///{front_study_file}"
+    front = stored_front(storage, PLAN_NAME)
+    result = run_cli("study", "show", storage)
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert re.fullmatch(rf"Study {PLAN_NAME} in sqlite:///\S+: \d+ completed trials \(30 sampled, \d+ from the "
+                        r"polish\)", lines[0]), lines[0]
+    assert f"{len(front.front)} on the Pareto front" in result.stdout
+    rows = [line for line in lines if re.match(r"\d+ +\d+ +\d+ +\d+ ", line)]
+    assert len(rows) == len(front.front)
+
+    document = json.loads(run_cli("study", "show", storage, "--format", "json").stdout)
+    assert document["study"]["trials"]["sampled"] == 30
+    assert [entry["config"] for entry in document["front"]] == [p.evaluation.config.to_dict() for p in front.front]
+
+    every = run_cli("study", "show", storage, "--all", "--format", "csv")
+    assert len(list(csv.DictReader(io.StringIO(every.stdout)))) == front.evaluated
+
+
+def test_study_export_marks_front(front_study_file, tmp_path):
+    storage = f"sqlite:///{front_study_file}"
+    front = {tuple(point.evaluation.config.to_dict().items()) for point in stored_front(storage, PLAN_NAME).front}
+    output = tmp_path / "trials.csv"
+    assert run_cli("study", "export", storage, "--output", output).exit_code == 0
+    rows = list(csv.DictReader(io.StringIO(output.read_text())))
+    assert "value" not in rows[0]
+    for row in rows:
+        if row["feasible"] == "True":
+            assert float(row["value.output_tokens_per_s_per_gpu"]) == float(row["output_tokens_per_s_per_gpu"])
+        assert row["on_front"] in ("True", "False")
+    assert {row["on_front"] for row in rows} == {"True", "False"}
+    document = json.loads(run_cli("study", "export", storage, "--format", "json").stdout)
+    assert document["objectives"] == ["output_tokens_per_s_per_gpu", "ttft_p99"]
+    assert document["directions"] == ["maximize", "minimize"]
+    marked = {tuple(trial["config"].items()) for trial in document["trials"] if trial["on_front"]}
+    assert marked == front
+    assert all(len(trial["value"]) == 2 for trial in document["trials"])
+
+
+def test_plot_reads_study_objectives(tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    assert run_cli("optimize", PLAN_32B, "--objective", "throughput_per_gpu", "--objective", "tpot_p50",
+                   "--storage", storage, "--trials", "25").exit_code == 0
+    result = run_cli("plot", storage, "--output", tmp_path / "front.png")
+    assert result.exit_code == 0, result.stderr
+    front = stored_front(storage, PLAN_NAME)
+    # The latency axis defaults to the study's latency objective, so the drawn front is the study's.
+    assert f"{front.evaluated} deployments, {len(front.front)} on the front of output tokens/s per GPU and " \
+           "TPOT p50" in result.stderr
+
+
+@pytest.mark.parametrize("n_jobs", [1, 2])
+def test_ctrl_c_keeps_pareto_trials_and_prints_front(n_jobs, tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    process, seen, stdout, stderr = interrupt_search(
+        ["optimize", str(PLAN_32B), *OBJECTIVE_ARGS, "--storage", storage, "--trials", "100000",
+         "--n-jobs", str(n_jobs), "--format", "json"], storage)
+    assert process.returncode == 130, stderr
+    assert "interrupted by Ctrl-C; the output shows the Pareto front of the" in stderr
+    assert f"kept in study '{PLAN_NAME}' in {storage}" in stderr
+    assert "Traceback" not in stderr
+
+    trials = stored_trials(storage, PLAN_NAME)
+    assert len(trials) >= seen
+    assert {trial.state.name for trial in trials} == {"COMPLETE"}
+    assert sorted(trial.number for trial in trials) == list(range(len(trials)))
+    document = json.loads(stdout)
+    stored = stored_front(storage, PLAN_NAME)
+    assert document["search"]["evaluated"] == stored.evaluated
+    assert [entry["config"] for entry in document["front"]] == [p.evaluation.config.to_dict() for p in stored.front]
+
+
+def test_progress_bar_reports_front_size(monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    monkeypatch.setattr(_progress, "SHOW_AFTER_S", 0.0)
+    with _progress.search_progress("makespan_s", quiet=False, pareto=True) as progress:
+        progress(0, 200, 0)
+        time.sleep(0.2)
+        progress(100, 200, 13)
+    assert "100/200" in terminal.getvalue()
+    assert "front size 13" in terminal.getvalue()
+    assert "makespan" not in terminal.getvalue()
+
+
+def test_progress_bar_shows_front_on_terminal(tmp_path):
+    exit_code, stdout, terminal = run_on_terminal(
+        ["optimize", str(PLAN_32B), *OBJECTIVE_ARGS, "--storage", f"sqlite:///{tmp_path}/front.db",
+         "--trials", "100"])
+    assert exit_code == 0, terminal
+    assert re.search(r"search: +\d+%\|.*\| \d+/100 \[.*trial/s, front size \d+\]", terminal), terminal
+    assert "Pareto front" in stdout

@@ -32,7 +32,11 @@ MAX_SEED = 2**32 - 1
 
 FORMATS = ("table", "json", "csv", "markdown")
 DEFAULT_TOP = 10
-CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "node",
+               "kv_cache_dtype", "watermark", "require_full_prompt_admission", "enable_expert_parallel")
+# --config keys whose values are text or true/false rather than numbers.
+_TEXT_CONFIG_KEYS = ("node", "kv_cache_dtype")
+_BOOLEAN_CONFIG_KEYS = ("require_full_prompt_admission", "enable_expert_parallel")
 
 # Modules that each define one more subcommand: ``add_parser(subparsers)`` adds its
 # parser and sets ``handler`` to a function that takes the parsed arguments and returns
@@ -152,6 +156,22 @@ def parse_config(text: str) -> dict[str, Any]:
         if key in config:
             raise UsageError(f"--config sets {key} twice in {text!r}")
         value = value.strip()
+        if key in _TEXT_CONFIG_KEYS:
+            config[key] = value
+            continue
+        if key in _BOOLEAN_CONFIG_KEYS:
+            if value.lower() not in ("true", "false"):
+                raise UsageError(f"--config {key} must be true or false, but got {value!r}")
+            config[key] = value.lower() == "true"
+            continue
+        if key == "watermark":
+            try:
+                config[key] = float(value)
+            except ValueError:
+                raise UsageError(f"--config watermark must be a number, but got {value!r}") from None
+            if not 0 <= config[key] < 1:
+                raise UsageError(f"--config watermark must be in [0, 1), but got {value}")
+            continue
         try:
             config[key] = float(value) if key == "gpu_memory_utilization" else int(value)
         except ValueError:
@@ -195,9 +215,6 @@ def _run_optimize(args: argparse.Namespace) -> int:
 
     check_search_arguments(args)
     check_output_path(args.output)
-    if args.objectives and (args.storage is not None or args.n_jobs != 1):
-        raise UsageError("--storage and --n-jobs work with the plan's single objective only; drop them or "
-                         "the --objective options")
     if args.objectives:
         from kvplan.commands._pareto import run_pareto_optimize
 

@@ -24,6 +24,16 @@ OBJECTIVE_TITLES = {
 }
 
 CONFIG_COLUMNS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+# Settings that a deployment leaves unset unless the search varies them or a config sets
+# them (kvplan.spec.types.OPTIONAL_DEPLOYMENT_FIELDS), with their table headers. Tables
+# and CSV show one only when some row sets it.
+OPTIONAL_CONFIG_COLUMNS = {
+    "node": "node",
+    "kv_cache_dtype": "kv dtype",
+    "watermark": "watermark",
+    "require_full_prompt_admission": "full prompt",
+    "enable_expert_parallel": "EP",
+}
 SCALAR_METRICS = (
     "gpus",
     "makespan_s",
@@ -83,6 +93,32 @@ def _objective_direction(objective: str) -> str:
     return "maximize" if objective.startswith("output_tokens") else "minimize"
 
 
+def optional_settings_in(configs) -> list[str]:
+    """Return the optional settings (OPTIONAL_CONFIG_COLUMNS keys) that any of ``configs`` sets."""
+    return [key for key in OPTIONAL_CONFIG_COLUMNS if any(getattr(config, key) is not None for config in configs)]
+
+
+def format_setting(value: Any) -> str:
+    """Format one deployment setting for ``key=value`` text: true/false, 0.9, fp8."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def describe_config(config) -> str:
+    """Return a deployment as ``dp=1 tp=8 ...``, with each optional setting it sets."""
+    text = (f"dp={config.dp} tp={config.tp} pp={config.pp} max_num_seqs={config.max_num_seqs} "
+            f"max_num_batched_tokens={config.max_num_batched_tokens} "
+            f"gpu_memory_utilization={config.gpu_memory_utilization:g}")
+    for key in OPTIONAL_CONFIG_COLUMNS:
+        value = getattr(config, key)
+        if value is not None:
+            text += f" {key}={format_setting(value)}"
+    return text
+
+
 def describe_plan(plan) -> list[str]:
     """Return the header lines that name a plan's model, node, workload and SLA."""
     workload = plan.workload
@@ -92,9 +128,13 @@ def describe_plan(plan) -> list[str]:
         load = f"{workload.arrival_rate_per_s:g} requests/s (Poisson)"
     else:
         load = f"{workload.concurrency:,} concurrent clients"
+    hardware = f"{plan.num_nodes} x {plan.node.name}, GPU budget {plan.search.gpu_budget}"
+    if plan.search.node:
+        budgets = ", ".join(f"{node.name} (GPU budget {budget})"
+                            for node, budget in zip(plan.search.node, plan.search.node_gpu_budgets))
+        hardware = f"{plan.num_nodes} node(s) of each type searched: {budgets}"
     lines = [
-        f"Plan {plan.name}: {plan.model.name} ({plan.model.weight_dtype}) on {plan.num_nodes} x "
-        f"{plan.node.name}, GPU budget {plan.search.gpu_budget}",
+        f"Plan {plan.name}: {plan.model.name} ({plan.model.weight_dtype}) on {hardware}",
         f"Workload {workload.name}: {load}; prompt {workload.prompt_tokens.description}; "
         f"output {workload.output_tokens.description}",
     ]
@@ -125,15 +165,17 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
     best = result.best or next((r for r in results if r.evaluation.feasible), None)
     best_value = best.objective_value if best else None
     show_utilization = len({r.evaluation.config.gpu_memory_utilization for r in results}) > 1
+    optional = optional_settings_in([r.evaluation.config for r in results])
 
     headers = ["#", "dp", "tp", "pp", "seqs", "batch"]
     if show_utilization:
         headers.append("mem")
+    headers += [OPTIONAL_CONFIG_COLUMNS[key] for key in optional]
     if mode == "batch":
         headers.append("makespan")
     headers += ["tok/s", "tok/s/GPU", "TTFT p99", "TPOT p50", "KV/replica", "KV peak",
                 "preempt", "bottleneck"]
-    show_cost = result.plan.node.price_per_gpu_hour is not None
+    show_cost = any(node.price_per_gpu_hour is not None for node in (result.plan.search.node or (result.plan.node,)))
     if show_cost:
         headers.append("$/M tok")
     headers += ["behind", "SLA"]
@@ -149,6 +191,7 @@ def _table_rows(result: SearchResult, results: Sequence[RankedDeployment]) -> tu
                           config.max_num_batched_tokens]
         if show_utilization:
             row.append(f"{config.gpu_memory_utilization:g}")
+        row += ["-" if getattr(config, key) is None else format_setting(getattr(config, key)) for key in optional]
         if not evaluation.feasible:
             filler = len(headers) - len(row) - 1
             row += ["-"] * filler + [f"infeasible: {_shorten(evaluation.infeasible_reason or '')}"]
@@ -201,11 +244,7 @@ def _footer(result: SearchResult) -> list[str]:
     else:
         config = best.evaluation.config
         metrics = best.evaluation.metrics
-        summary = (
-            f"Best: dp={config.dp} tp={config.tp} pp={config.pp} max_num_seqs={config.max_num_seqs} "
-            f"max_num_batched_tokens={config.max_num_batched_tokens} "
-            f"gpu_memory_utilization={config.gpu_memory_utilization:g}"
-        )
+        summary = f"Best: {describe_config(config)}"
         if metrics.get("makespan_s") is not None:
             summary += f"; makespan {format_seconds(metrics['makespan_s'])}"
         summary += f", {format_count(metrics['output_tokens_per_s'])} output tokens/s"
@@ -232,10 +271,10 @@ def render_result(result: SearchResult, output_format: str, *, top: int | None) 
     return "\n".join([*lines, "", body, "", *_footer(result)]) + "\n"
 
 
-def _csv_row(ranked: RankedDeployment) -> dict[str, Any]:
+def _csv_row(ranked: RankedDeployment, optional: Sequence[str] = ()) -> dict[str, Any]:
     evaluation = ranked.evaluation
     row: dict[str, Any] = {"rank": ranked.rank}
-    row.update({key: getattr(evaluation.config, key) for key in CONFIG_COLUMNS})
+    row.update({key: getattr(evaluation.config, key) for key in (*CONFIG_COLUMNS, *optional)})
     row.update({
         "feasible": evaluation.feasible,
         "infeasible_reason": evaluation.infeasible_reason or "",
@@ -257,14 +296,15 @@ def _csv_row(ranked: RankedDeployment) -> dict[str, Any]:
 
 def _render_csv(results: Sequence[RankedDeployment]) -> str:
     buffer = io.StringIO()
-    fieldnames = ["rank", *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
+    optional = optional_settings_in([ranked.evaluation.config for ranked in results])
+    fieldnames = ["rank", *CONFIG_COLUMNS, *optional, "feasible", "infeasible_reason", "sla_met", "violations",
                   "objective_value", *SCALAR_METRICS,
                   *(f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS),
                   "bottleneck_label"]
     writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
     writer.writeheader()
     for ranked in results:
-        writer.writerow(_csv_row(ranked))
+        writer.writerow(_csv_row(ranked, optional))
     return buffer.getvalue()
 
 

@@ -23,6 +23,7 @@ import pytest
 
 import kvplan
 from kvplan.optimizer import studies
+from kvplan.optimizer.pareto import rank_points
 from kvplan.optimizer.studies import SOURCE_POLISH, SOURCE_TPE
 from kvplan.spec.errors import KvplanError
 
@@ -190,6 +191,17 @@ def test_study_of_changed_plan_rejected(plan, tmp_path):
     assert "differ in sla" in str(raised.value)
 
 
+def test_study_resumes_with_config_at_another_path(plan, tmp_path):
+    # Hosts of one study, or one host run from another folder, see the model's
+    # config.json at another path; its content, not its path, must match.
+    storage = f"sqlite:///{tmp_path}/study.db"
+    kvplan.optimize(plan, trials=5, seed=0, storage=storage)
+    before = len(stored_trials(storage, plan.name))
+    moved = dataclasses.replace(plan, model=dataclasses.replace(plan.model, config_path="/elsewhere/config.json"))
+    kvplan.optimize(moved, trials=5, seed=0, storage=storage)
+    assert len(stored_trials(storage, plan.name)) >= before + 5
+
+
 def test_foreign_study_rejected(plan, tmp_path):
     storage = f"sqlite:///{tmp_path}/study.db"
     with studies.opened_storage(storage) as opened:
@@ -323,3 +335,156 @@ def test_two_workers_share_postgresql_study(plan, postgres_url):
     resumed = kvplan.optimize(plan, trials=20, seed=5, storage=postgres_url, study_name="shared")
     assert_one_complete_study(stored_trials(postgres_url, "shared"), sampled=60)
     assert resumed.evaluated >= result.evaluated
+
+
+# Multi-objective studies
+
+
+THROUGHPUT_AND_TTFT = ["output_tokens_per_s_per_gpu", "ttft_p99"]
+
+
+def front_values(result) -> dict:
+    return {point.evaluation.config: point.values for point in result.front}
+
+
+def dominates_or_equals(better: tuple, worse: tuple, directions: list[str]) -> bool:
+    """Return whether ``better`` is at least as good as ``worse`` in every objective."""
+    for good, bad, direction in zip(better, worse, directions):
+        if (good > bad) if direction == "minimize" else (good < bad):
+            return False
+    return True
+
+
+def assert_front_kept_or_improved(before, after) -> None:
+    """Check that every point of the earlier front is on the later one or beaten by one of its points."""
+    directions = [objective.direction for objective in after.objectives]
+    later = front_values(after)
+    for config, values in front_values(before).items():
+        if config in later:
+            continue
+        assert any(dominates_or_equals(other, values, directions) for other in later.values()), config
+
+
+def test_resumed_pareto_study_continues(plan, tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    first = kvplan.optimize(plan, trials=30, seed=0, objectives=THROUGHPUT_AND_TTFT, storage=storage)
+    after_first = stored_trials(storage, plan.name)
+    assert_one_complete_study(after_first, sampled=30)
+    assert first.evaluated == len(stored_evaluations(storage, plan.name))
+
+    second = kvplan.optimize(plan, trials=30, seed=0, objectives=THROUGHPUT_AND_TTFT, storage=storage)
+    after_second = stored_trials(storage, plan.name)
+    assert_one_complete_study(after_second, sampled=60)
+    assert len(after_second) > len(after_first)
+    new_numbers = sorted(trial.number for trial in after_second[len(after_first):])
+    assert new_numbers[0] == len(after_first)
+
+    # The resumed sampler read the stored trials, so the same seed requests other deployments.
+    first_sampled = [trial.params for trial in trials_by_source(after_first)[SOURCE_TPE]]
+    resumed_sampled = [trial.params for trial in trials_by_source(after_second)[SOURCE_TPE]][30:]
+    assert resumed_sampled != first_sampled
+
+    first_configs = {point.evaluation.config for point in first.points}
+    second_configs = {point.evaluation.config for point in second.points}
+    assert first_configs <= second_configs
+    assert second.front
+    assert_front_kept_or_improved(first, second)
+
+
+def test_pareto_study_records_objectives(plan, tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    searched = kvplan.optimize(plan, trials=30, seed=1, objectives=["ttft_p99", "throughput_per_gpu"],
+                               storage=storage, study_name="front")
+    with studies.opened_storage(storage) as opened:
+        study = optuna.load_study(study_name="front", storage=opened)
+        assert studies.study_objectives(study) == ("ttft_p99", "output_tokens_per_s_per_gpu")
+        assert [direction.name for direction in study.directions] == ["MINIMIZE", "MAXIMIZE"]
+        assert studies.OBJECTIVE_ATTR not in study.user_attrs
+        stored = studies.result_of_study(study)
+    assert isinstance(stored, kvplan.ParetoResult)
+    assert front_values(stored) == front_values(searched)
+    assert [point.evaluation.config for point in stored.front] == [point.evaluation.config for point in searched.front]
+
+
+def test_pareto_polish_recorded_in_study(plan, tmp_path):
+    storage = f"sqlite:///{tmp_path}/front.db"
+    result = kvplan.optimize(plan, trials=30, seed=0, objectives=THROUGHPUT_AND_TTFT, storage=storage)
+    by_source = trials_by_source(stored_trials(storage, plan.name))
+    sampled_configs = {studies.trial_evaluation(trial).config for trial in by_source[SOURCE_TPE]}
+    polished_configs = {studies.trial_evaluation(trial).config for trial in by_source[SOURCE_POLISH]}
+    assert polished_configs
+    # The polish evaluates only deployments the sampler did not, each once.
+    assert not polished_configs & sampled_configs
+    assert len(polished_configs) == len(by_source[SOURCE_POLISH])
+    assert len(sampled_configs | polished_configs) == result.evaluated
+    for trial in by_source[SOURCE_POLISH]:
+        assert len(trial.values) == 2
+
+
+@pytest.mark.parametrize("scheme", ["sqlite", "journal"])
+def test_two_workers_share_pareto_study(plan, tmp_path, scheme):
+    storage = f"{scheme}:///{tmp_path}/front.{scheme}"
+    result = kvplan.optimize(plan, trials=40, seed=0, objectives=THROUGHPUT_AND_TTFT, storage=storage, n_jobs=2)
+    assert isinstance(result, kvplan.ParetoResult)
+    assert_one_complete_study(stored_trials(storage, plan.name), sampled=40)
+    assert result.evaluated == len(stored_evaluations(storage, plan.name))
+    assert result.front
+
+
+def test_pareto_workers_report_front_size(plan, tmp_path):
+    reports = []
+    result = kvplan.optimize(plan, trials=40, seed=0, objectives=THROUGHPUT_AND_TTFT, n_jobs=2,
+                             storage=f"sqlite:///{tmp_path}/front.db",
+                             progress=lambda done, total, front_size: reports.append((done, total, front_size)))
+    assert reports[0] == (0, 40, 0)
+    assert reports[-1][:2] == (40, 40)
+    # The last report merges the workers' fronts before the polish, so it counts the
+    # front of the sampled trials.
+    sampled = [studies.trial_evaluation(trial)
+               for trial in trials_by_source(stored_trials(f"sqlite:///{tmp_path}/front.db", plan.name))[SOURCE_TPE]]
+    sampled_front = rank_points(plan, result.objectives, {e.config: e for e in sampled}.values())
+    assert reports[-1][2] == sum(point.on_front for point in sampled_front) > 0
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "message"),
+    [
+        (THROUGHPUT_AND_TTFT, ["output_tokens_per_s_per_gpu", "tpot_p50"],
+         "is a multi-objective study of output_tokens_per_s_per_gpu, ttft_p99, not of "
+         "output_tokens_per_s_per_gpu, tpot_p50; pass --objective output_tokens_per_s_per_gpu "
+         "--objective ttft_p99 to resume it"),
+        (THROUGHPUT_AND_TTFT, None, "so a search of the plan's single objective makespan_s cannot add to it"),
+        (None, THROUGHPUT_AND_TTFT, "is a single-objective study of the plan's objective makespan_s, so a "
+                                    "multi-objective search of output_tokens_per_s_per_gpu, ttft_p99 cannot add "
+                                    "to it; drop the --objective options"),
+    ],
+)
+def test_study_of_other_objectives_rejected(plan, tmp_path, first, second, message):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    kvplan.optimize(plan, trials=5, seed=0, objectives=first, storage=storage, study_name="kept")
+    trials_before = len(stored_trials(storage, "kept"))
+    with pytest.raises(KvplanError) as raised:
+        kvplan.optimize(plan, trials=5, seed=0, objectives=second, storage=storage, study_name="kept")
+    assert f"study 'kept' in {storage}" in str(raised.value)
+    assert message in str(raised.value)
+    assert "choose another --study-name" in str(raised.value)
+    assert len(stored_trials(storage, "kept")) == trials_before
+
+
+def test_pareto_exhaustive_with_storage_rejected(plan, tmp_path):
+    with pytest.raises(KvplanError, match="--exhaustive"):
+        kvplan.optimize(plan, exhaustive=True, objectives=THROUGHPUT_AND_TTFT, storage=f"sqlite:///{tmp_path}/x.db")
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_two_workers_share_postgresql_pareto_study(plan, postgres_url):
+    result = kvplan.optimize(plan, trials=40, seed=0, objectives=THROUGHPUT_AND_TTFT, storage=postgres_url,
+                             study_name="shared-front", n_jobs=2)
+    assert_one_complete_study(stored_trials(postgres_url, "shared-front"), sampled=40)
+    assert result.evaluated == len(stored_evaluations(postgres_url, "shared-front"))
+
+    resumed = kvplan.optimize(plan, trials=20, seed=5, objectives=THROUGHPUT_AND_TTFT, storage=postgres_url,
+                              study_name="shared-front")
+    assert_one_complete_study(stored_trials(postgres_url, "shared-front"), sampled=60)
+    assert resumed.evaluated >= result.evaluated
+    assert_front_kept_or_improved(result, resumed)

@@ -94,6 +94,8 @@ CASES = (
          kv_cache_tokens=16_000, requests=300),
     Case("preempt-long", "longer outputs (median 800) in a pool of 12,000 tokens",
          kv_cache_tokens=12_000, requests=120, output_median=800, output_max=3000),
+    Case("preempt-steady", "the preempt case with 1,000 requests: a long steady phase",
+         kv_cache_tokens=20_000, requests=1000),
     Case("preempt-wide", "the 8B example plan's lengths; KV binds at about 110 running",
          kv_cache_tokens=60_000, requests=1000, prompt_median=95, output_median=600, output_sigma=0.5,
          output_max=4000),

@@ -43,9 +43,12 @@ def run_pareto_optimize(args: argparse.Namespace, write_output) -> int:
 
     ``write_output`` takes the rendered text and prints it or writes it to ``--output``.
     """
-    from kvplan.cli import EXIT_FAILURE, EXIT_OK, UsageError
+    from kvplan.cli import UsageError
+    from kvplan.commands._progress import search_progress
+    from kvplan.commands.study import report_interrupted, search_options
     from kvplan.optimizer.objectives import UnknownObjectiveError, resolve_objective
     from kvplan.optimizer.pareto import optimize_pareto
+    from kvplan.optimizer.studies import SearchInterrupted
     from kvplan.spec import load_plan
 
     try:
@@ -57,8 +60,24 @@ def run_pareto_optimize(args: argparse.Namespace, write_output) -> int:
                          "--objective the plan's objective ranks the deployments")
     plan = load_plan(args.plan)
     logger.info("searching plan %s for the Pareto front of %s", plan.name, ", ".join(o.name for o in names))
-    result = optimize_pareto(plan, names, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive)
+    interrupted = None
+    with search_progress(plan.objective, quiet=args.quiet, pareto=True) as progress:
+        try:
+            result = optimize_pareto(plan, names, trials=args.trials, seed=args.seed, exhaustive=args.exhaustive,
+                                     progress=progress, **search_options(args))
+        except SearchInterrupted as error:
+            interrupted = error
+            result = error.result
     write_output(render_pareto(result, args.format, top=args.top, all_points=args.all_deployments))
+    if interrupted is not None:
+        return report_interrupted("optimize", interrupted)
+    return exit_code_of_front(result)
+
+
+def exit_code_of_front(result: ParetoResult) -> int:
+    """Return 0 when the front has a deployment; else print on stderr why it is empty and return 1."""
+    from kvplan.cli import EXIT_FAILURE, EXIT_OK
+
     if result.best is not None:
         return EXIT_OK
     if not any(point.evaluation.feasible for point in result.points):
@@ -142,11 +161,15 @@ def _context_metrics(result: ParetoResult) -> list[ObjectiveMetric]:
 
 
 def _table(result: ParetoResult, points: Sequence[ParetoPoint], all_points: bool) -> tuple[list[str], list[list[str]]]:
+    from kvplan.output import OPTIONAL_CONFIG_COLUMNS, format_setting, optional_settings_in
+
     show_utilization = len({p.evaluation.config.gpu_memory_utilization for p in result.points}) > 1
+    optional = optional_settings_in([p.evaluation.config for p in points])
     context = _context_metrics(result)
     headers = ["#", "dp", "tp", "pp", "seqs", "batch"]
     if show_utilization:
         headers.append("mem")
+    headers += [OPTIONAL_CONFIG_COLUMNS[key] for key in optional]
     headers += [SHORT_TITLES[objective.name] for objective in result.objectives]
     headers += [SHORT_TITLES[metric.name] for metric in context]
     headers.append("bottleneck")
@@ -162,6 +185,7 @@ def _table(result: ParetoResult, points: Sequence[ParetoPoint], all_points: bool
                str(config.max_num_batched_tokens)]
         if show_utilization:
             row.append(f"{config.gpu_memory_utilization:g}")
+        row += ["-" if getattr(config, key) is None else format_setting(getattr(config, key)) for key in optional]
         if not evaluation.feasible:
             filler = len(headers) - len(row) - 1
             rows.append(row + ["-"] * filler + [f"infeasible: {_shorten(evaluation.infeasible_reason or '')}"])
@@ -220,7 +244,10 @@ def _render_csv(result: ParetoResult, points: Sequence[ParetoPoint]) -> str:
     from kvplan.commands._tables import render_csv
     from kvplan.optimizer.objectives import METRICS
 
-    config_keys = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+    from kvplan.output import optional_settings_in
+
+    config_keys = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization",
+                   *optional_settings_in([point.evaluation.config for point in points]))
     objective_columns = [f"objective.{objective.name}" for objective in result.objectives]
     fieldnames = ["rank", "on_front", *config_keys, *objective_columns, "feasible", "infeasible_reason",
                   "sla_met", "violations", *CSV_METRICS, "bottleneck"]

@@ -1,5 +1,7 @@
 """A progress bar on stderr for searches: trials done and the best objective value so far.
 
+A multi-objective search shows the size of its Pareto front so far instead.
+
 The bar is drawn with tqdm (a dependency of Optuna) and only when stderr is a terminal,
 so logs, pipes and CI output stay free of control characters. It appears after
 ``SHOW_AFTER_S`` seconds, so quick searches print nothing, and it is erased when the
@@ -40,16 +42,26 @@ def format_best(objective: str, value: float | None) -> str:
     return f"best {objective} {value:.4g}"
 
 
+def format_front_size(size: int | None) -> str:
+    """Describe the Pareto front so far, such as ``front size 13``."""
+    if not size:
+        return "no deployment meets the SLA yet"
+    return f"front size {size}"
+
+
 class SearchProgress:
     """A callable ``progress(done, total, best)`` for :func:`kvplan.optimize` that draws a bar.
 
-    It draws nothing unless ``enabled``. Use it as a context manager so the bar is
-    erased however the search ends.
+    With ``pareto``, ``best`` is the size of the Pareto front so far. It draws nothing
+    unless ``enabled``. Use it as a context manager so the bar is erased however the
+    search ends.
     """
 
-    def __init__(self, objective: str, *, enabled: bool, description: str | None = None) -> None:
+    def __init__(self, objective: str, *, enabled: bool, description: str | None = None,
+                 pareto: bool = False) -> None:
         self.objective = objective
         self.enabled = enabled
+        self.pareto = pareto
         self.description = description or "search"
         self._bar: Any = None
 
@@ -61,7 +73,11 @@ class SearchProgress:
 
             self._bar = tqdm(total=total, desc=self.description, unit="trial", file=sys.stderr,
                              delay=SHOW_AFTER_S, leave=False, dynamic_ncols=True)
-        self._bar.set_postfix_str(format_best(self.objective, best), refresh=False)
+        if self.pareto:
+            postfix = format_front_size(best)
+        else:
+            postfix = format_best(self.objective, best)
+        self._bar.set_postfix_str(postfix, refresh=False)
         self._bar.update(done - self._bar.n)
 
     def close(self) -> None:
@@ -76,6 +92,11 @@ class SearchProgress:
         self.close()
 
 
-def search_progress(objective: str, *, quiet: bool, description: str | None = None) -> SearchProgress:
-    """Return the progress reporter of a search: a bar on a terminal unless ``quiet``."""
-    return SearchProgress(objective, enabled=not quiet and stderr_is_terminal(), description=description)
+def search_progress(objective: str, *, quiet: bool, description: str | None = None,
+                    pareto: bool = False) -> SearchProgress:
+    """Return the progress reporter of a search: a bar on a terminal unless ``quiet``.
+
+    ``pareto`` makes the bar show the size of a multi-objective search's front.
+    """
+    return SearchProgress(objective, enabled=not quiet and stderr_is_terminal(), description=description,
+                          pareto=pareto)

@@ -15,7 +15,7 @@ from tabulate import tabulate
 
 from kvplan.formatting import format_count, format_seconds
 from kvplan.optimizer.search import DEFAULT_TRIALS, RankedDeployment, SearchResult
-from kvplan.output import OBJECTIVE_TITLES
+from kvplan.output import OBJECTIVE_TITLES, format_setting
 from kvplan.spec.errors import SpecIssue
 from kvplan.spec.types import Plan
 
@@ -86,12 +86,15 @@ class DeploymentColumns:
     arrival rate limit without arrival_rate, cost without a price) is left out.
     """
 
-    def __init__(self, plans: Sequence[Plan], *, utilization_varies: bool) -> None:
+    def __init__(self, plans: Sequence[Plan], *, utilization_varies: bool, optional_settings: Sequence[str] = ()) -> None:
         modes = {plan.workload.arrival_mode for plan in plans}
         self.show_utilization = utilization_varies
+        # Keys of kvplan.output.OPTIONAL_CONFIG_COLUMNS that some row's deployment sets.
+        self.optional_settings = tuple(optional_settings)
         self.show_makespan = "batch" in modes
         self.show_rate = "rate" in modes
-        self.show_cost = any(plan.node.price_per_gpu_hour is not None for plan in plans)
+        self.show_cost = any(node.price_per_gpu_hour is not None
+                             for plan in plans for node in (plan.search.node or (plan.node,)))
 
     def notes(self) -> str:
         """Return the line that explains the abbreviated column names."""
@@ -106,9 +109,12 @@ class DeploymentColumns:
         return f"Columns: {', '.join(notes)}."
 
     def headers(self) -> list[str]:
+        from kvplan.output import OPTIONAL_CONFIG_COLUMNS
+
         headers = ["dp", "tp", "pp", "seqs", "batch"]
         if self.show_utilization:
             headers.append("mem")
+        headers += [OPTIONAL_CONFIG_COLUMNS[key] for key in self.optional_settings]
         if self.show_makespan:
             headers.append("makespan")
         if self.show_rate:
@@ -127,6 +133,9 @@ class DeploymentColumns:
                  str(config.max_num_batched_tokens)]
         if self.show_utilization:
             cells.append(f"{config.gpu_memory_utilization:g}")
+        for key in self.optional_settings:
+            value = getattr(config, key)
+            cells.append("-" if value is None else format_setting(value))
         if self.show_makespan:
             cells.append(format_seconds(metrics.get("makespan_s")))
         if self.show_rate:
@@ -143,13 +152,17 @@ class DeploymentColumns:
         return cells
 
 
-def deployment_fields(ranked: RankedDeployment | None) -> dict[str, Any]:
-    """Return the CSV fields of a deployment; every field is empty when there is none."""
+def deployment_fields(ranked: RankedDeployment | None, optional_settings: Sequence[str] = ()) -> dict[str, Any]:
+    """Return the CSV fields of a deployment; every field is empty when there is none.
+
+    ``optional_settings`` are the optional settings (see ``DeploymentColumns``) to add
+    after ``gpu_memory_utilization``.
+    """
     if ranked is None or not ranked.evaluation.feasible:
-        return {field: "" for field in DEPLOYMENT_FIELDS}
+        return {field: "" for field in (*DEPLOYMENT_FIELDS, *optional_settings)}
     config = ranked.evaluation.config
     metrics = ranked.evaluation.metrics
-    fields: dict[str, Any] = {key: getattr(config, key) for key in DEPLOYMENT_FIELDS[:6]}
+    fields: dict[str, Any] = {key: getattr(config, key) for key in (*DEPLOYMENT_FIELDS[:6], *optional_settings)}
     fields.update({
         "gpus": config.gpus,
         "objective_value": ranked.objective_value,
@@ -168,10 +181,9 @@ def deployment_fields(ranked: RankedDeployment | None) -> dict[str, Any]:
 
 
 def describe_deployment(ranked: RankedDeployment) -> str:
-    config = ranked.evaluation.config
-    return (f"dp={config.dp} tp={config.tp} pp={config.pp} max_num_seqs={config.max_num_seqs} "
-            f"max_num_batched_tokens={config.max_num_batched_tokens} "
-            f"gpu_memory_utilization={config.gpu_memory_utilization:g}")
+    from kvplan.output import describe_config
+
+    return describe_config(ranked.evaluation.config)
 
 
 def plan_summary(plan: Plan) -> dict[str, Any]:

@@ -100,11 +100,38 @@ def _deployments(plan: Plan, configs: list[dict[str, Any]], args: argparse.Names
 
 def explain(plan: Plan, ranked: Sequence[RankedDeployment], source: str, alternatives: int) -> dict[str, Any]:
     """Build the explanation document of ``ranked`` deployments of ``plan``."""
-    from kvplan.costmodel.attribution import bottleneck, propose_changes
-    from kvplan.costmodel.evaluate import CostModel
     from kvplan.optimizer.search import OBJECTIVES, SCHEMA_VERSION
 
+    from kvplan.optimizer.variants import deployment_plan, variant_of
+
     direction, metric = OBJECTIVES[plan.objective]
+    # Deployments that set a node type, KV cache dtype, watermark or admission rule are
+    # explained under the plan with those settings, one group per combination.
+    groups: dict[Any, list[int]] = {}
+    for index, item in enumerate(ranked):
+        groups.setdefault(variant_of(item.evaluation.config), []).append(index)
+    explanations: list[dict[str, Any]] = [{} for _ in ranked]
+    for indices in groups.values():
+        items = [ranked[index] for index in indices]
+        group_plan = deployment_plan(plan, items[0].evaluation.config)
+        for index, explanation in zip(indices, _explain_group(group_plan, items, alternatives, direction, metric)):
+            explanations[index] = explanation
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "plan": {"name": plan.name, "source": plan.source},
+        "objective": plan.objective,
+        "objective_direction": direction,
+        "deployments_from": source,
+        "explanations": explanations,
+    }
+
+
+def _explain_group(plan: Plan, ranked: Sequence[RankedDeployment], alternatives: int, direction: str,
+                   metric: str) -> list[dict[str, Any]]:
+    """Explain deployments that share one plan variant, in the order given."""
+    from kvplan.costmodel.attribution import bottleneck, propose_changes
+    from kvplan.costmodel.evaluate import CostModel
+
     feasible = [item.evaluation for item in ranked if item.evaluation.feasible]
     # Only feasible deployments get neighbours; an infeasible one may lie beyond the
     # degrees the model can build tables for.
@@ -132,21 +159,14 @@ def explain(plan: Plan, ranked: Sequence[RankedDeployment], source: str, alterna
             "alternatives": [a.to_dict() for a in next(proposals)] if evaluation.feasible else [],
             "metrics": metrics,
         })
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "plan": {"name": plan.name, "source": plan.source},
-        "objective": plan.objective,
-        "objective_direction": direction,
-        "deployments_from": source,
-        "explanations": explanations,
-    }
+    return explanations
 
 
 def render_text(plan: Plan, document: dict[str, Any]) -> str:
-    from kvplan.output import OBJECTIVE_TITLES
+    from kvplan.output import OBJECTIVE_TITLES, describe_plan
 
-    lines = [f"Plan {plan.name}: {plan.model.name} ({plan.model.weight_dtype}) on {plan.num_nodes} x "
-             f"{plan.node.name}, GPU budget {plan.search.gpu_budget}",
+    # The first line of the plan's description names its model, node types and GPU budgets.
+    lines = [describe_plan(plan)[0],
              f"Objective: {OBJECTIVE_TITLES[plan.objective]}; {_describe_sla(plan)}"]
     for item in document["explanations"]:
         lines.append("")
@@ -166,10 +186,13 @@ def _describe_sla(plan: Plan) -> str:
 
 
 def _describe_config(config: dict[str, Any]) -> str:
+    from kvplan.output import OPTIONAL_CONFIG_COLUMNS, format_setting
+
     gpus = config["dp"] * config["tp"] * config["pp"]
+    optional = "".join(f" {key}={format_setting(config[key])}" for key in OPTIONAL_CONFIG_COLUMNS if key in config)
     return (f"dp={config['dp']} tp={config['tp']} pp={config['pp']} max_num_seqs={config['max_num_seqs']} "
             f"max_num_batched_tokens={config['max_num_batched_tokens']} "
-            f"gpu_memory_utilization={config['gpu_memory_utilization']:g} ({_gpus(gpus)})")
+            f"gpu_memory_utilization={config['gpu_memory_utilization']:g}{optional} ({_gpus(gpus)})")
 
 
 def _gpus(count: int) -> str:

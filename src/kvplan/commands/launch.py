@@ -197,13 +197,11 @@ def _check_placement(
     if plan.model.architecture.moe is not None and deployment.dp > 1:
         # For MoE models the expert layers of all data-parallel ranks form one group of
         # dp x tp GPUs (vLLM's docs/serving/data_parallel_deployment.md).
-        moe_note = (
+        notes.append(
             "For MoE models vLLM's data parallelism splits the experts across all dp x tp GPUs "
-            "and keeps the replicas' forward passes in step, but the cost model treats each "
-            "replica as an independent copy, so expect different memory use and speed."
+            "and keeps the replicas' forward passes in step, as the cost model assumes; a rank "
+            "with no requests still runs dummy forward passes."
         )
-        notes.append(moe_note)
-        warnings.append(moe_note.rstrip("."))
     if plan.engine.kv_cache_tokens is not None:
         notes.append("vLLM ignores --gpu-memory-utilization when --kv-cache-memory-bytes is set. "
                      "The cost model still used it to check that the weights fit.")
@@ -252,6 +250,8 @@ def _engine_options(
     ]
     if model.kv_cache_dtype == "fp8":
         options.append(("kv-cache-dtype", "fp8"))
+    if deployment.enable_expert_parallel:
+        options.append(("enable-expert-parallel", True))
 
     fp8_checkpoint = _is_fp8_checkpoint(checkpoint)
     if model.weight_dtype == "fp8" and not fp8_checkpoint:
@@ -390,11 +390,12 @@ def _ray_command(
 def _omitted_settings(plan: Plan, deployment: Deployment) -> list[OmittedSetting]:
     engine = plan.engine
     omitted = []
-    if plan.model.architecture.moe is not None:
+    if plan.model.architecture.moe is not None and not deployment.enable_expert_parallel:
         omitted.append(OmittedSetting(
             "enable_expert_parallel", False,
-            "--enable-expert-parallel is left out because the cost model does not model expert "
-            "parallelism yet. It assumed each expert split across the tp GPUs of its replica",
+            "--enable-expert-parallel is left out because the deployment does not set it, so the "
+            "cost model assumed each expert split in slices across the dp x tp GPUs of its "
+            "expert group",
         ))
     omitted.append(OmittedSetting(
         "watermark", engine.watermark,
@@ -423,10 +424,9 @@ def _omitted_settings(plan: Plan, deployment: Deployment) -> list[OmittedSetting
 
 
 def describe_deployment(deployment: Deployment) -> str:
-    return (f"dp={deployment.dp} tp={deployment.tp} pp={deployment.pp} "
-            f"max_num_seqs={deployment.max_num_seqs} "
-            f"max_num_batched_tokens={deployment.max_num_batched_tokens} "
-            f"gpu_memory_utilization={deployment.gpu_memory_utilization:g}")
+    from kvplan.output import describe_config
+
+    return describe_config(deployment)
 
 
 def _describe_prediction(ranked: RankedDeployment) -> str:
@@ -602,10 +602,15 @@ def run(args: argparse.Namespace) -> int:
     from kvplan.spec import load_plan
     from kvplan.spec.errors import KvplanError
 
+    from kvplan.optimizer.variants import deployment_plan
+
     _check_arguments(args)
     plan = load_plan(args.plan)
     ranked, phrase, selection = _select_deployment(plan, args)
     deployment = ranked.evaluation.config
+    # The deployment's node type, KV cache dtype, watermark and admission rule, where it
+    # sets them, replace the plan's, so the flags and comments match what was predicted.
+    plan = deployment_plan(plan, deployment)
     if not ranked.evaluation.feasible:
         raise KvplanError(
             f"deployment {describe_deployment(deployment)} is infeasible: "

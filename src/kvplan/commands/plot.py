@@ -210,8 +210,17 @@ def _load_result(path: str) -> PlotData:
     return PlotData(path, str(plan.get("name")), plan.get("source"), objectives, points, best)
 
 
-def _point_from_entry(entry: dict[str, Any]) -> PlotPoint:
+def _config_of(entry: dict[str, Any]) -> dict[str, Any]:
+    """Return an entry's deployment: the CONFIG_KEYS and the optional settings it sets."""
+    from kvplan.spec.types import OPTIONAL_DEPLOYMENT_FIELDS
+
     config = {key: entry["config"][key] for key in CONFIG_KEYS}
+    config.update({key: entry["config"][key] for key in OPTIONAL_DEPLOYMENT_FIELDS if key in entry["config"]})
+    return config
+
+
+def _point_from_entry(entry: dict[str, Any]) -> PlotPoint:
+    config = _config_of(entry)
     return PlotPoint(
         config=config,
         feasible=bool(entry["feasible"]),
@@ -228,7 +237,7 @@ def _best_point(points: Sequence[PlotPoint], document: dict[str, Any]) -> PlotPo
     when none does, the first feasible one is used.
     """
     if document.get("front"):
-        config = {key: document["front"][0]["config"][key] for key in CONFIG_KEYS}
+        config = _config_of(document["front"][0])
         for point in points:
             if point.config == config:
                 return point
@@ -259,8 +268,9 @@ def _load_study(source: str, study_name: str | None, plan_path: str | None, *, j
     evaluations = list(studies.evaluations_in_study(study).values())
     if not evaluations:
         raise KvplanError(f"study {study.study_name!r} in {storage_url.display} has no completed trial to plot")
-    # NOTE: kvplan stores single-objective studies only, so the plan's objective ranks them.
-    objectives = (plan.objective,)
+    # A multi-objective study is ranked by its objectives, with its Pareto front first;
+    # a single-objective one by the plan's objective.
+    objectives = studies.study_objectives(study) or (plan.objective,)
     points, best = _rank_evaluations(plan, objectives, evaluations)
     return PlotData(f"{storage_url.display} (study {study.study_name})", plan.name, plan_path or plan.source,
                     objectives, points, best, plan)
@@ -334,11 +344,14 @@ def load_curve(plan: Plan, best: PlotPoint | None, latency: str) -> tuple[list[C
     clients, from 1 up to twice the requests the deployment can run at once.
     """
     from kvplan.costmodel.evaluate import CostModel
+    from kvplan.optimizer.variants import deployment_plan
     from kvplan.spec.types import Deployment
 
     if best is None or not best.feasible:
         return [], "no feasible deployment"
     deployment = Deployment(**best.config)
+    # The deployment's node type, KV cache dtype, watermark and admission rule, where set.
+    plan = deployment_plan(plan, deployment)
     workload = plan.workload
     if workload.arrival_mode == "rate":
         top = CostModel(plan).evaluate([deployment])[0].metrics.get("max_arrival_rate_per_s")

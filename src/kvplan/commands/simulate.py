@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from kvplan.costmodel.simulate import ConfigRun, Simulation
+    from kvplan.spec.types import Plan
 
 FORMATS = ("table", "json", "csv")
 
@@ -78,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--duration applies to an arrival rate or a concurrency; this plan's offline "
                          "batch runs until its last request ends")
 
+    plan = _variant_plan(plan, configs)
     simulation = simulate(plan, configs, horizon_s=args.duration)
     times, series = simulation.series(args.points)
     write_output(args.output, render(args, simulation, times, series))
@@ -94,6 +96,24 @@ def run(args: argparse.Namespace) -> int:
         print("kvplan simulate: no feasible deployment to simulate; see the reasons above", file=sys.stderr)
         return EXIT_FAILURE
     return EXIT_OK
+
+
+def _variant_plan(plan: Plan, configs: list[dict[str, Any]]) -> Plan:
+    """Return the plan with the node type, KV cache dtype, watermark and admission rule the configs set.
+
+    The simulator runs every config under one plan, so configs that set these
+    differently are rejected.
+    """
+    from kvplan.optimizer.search import _as_deployment
+    from kvplan.optimizer.variants import deployment_plan, variant_of
+
+    deployments = [_as_deployment(plan, config) for config in configs]
+    variants = {variant_of(deployment) for deployment in deployments}
+    if len(variants) > 1:
+        raise UsageError("the --config options set node, kv_cache_dtype, watermark or "
+                         "require_full_prompt_admission differently; simulate runs every config under one plan, "
+                         "so give these settings the same values in every --config, or run simulate once per value")
+    return deployment_plan(plan, deployments[0])
 
 
 def config_label(run: ConfigRun) -> str:

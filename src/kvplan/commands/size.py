@@ -4,13 +4,15 @@ For 1, 2, ... up to ``--max-nodes`` nodes, the plan is loaded with ``hardware.no
 set, ``search.gpu_budget`` removed (so the budget is every GPU of those nodes) and the
 workload switched to the requested arrival rate, then searched like ``kvplan optimize``.
 The first node count whose best deployment keeps up with the rate and meets the SLA is
-the fleet size.
+the fleet size. A plan whose search.node lists several node types is sized once per type,
+and the fleets are ranked by price per hour, or by GPU count when a type has no price.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 import time
@@ -88,6 +90,8 @@ class Sizing:
     # The plan of the last node count loaded, for its node, workload and SLA.
     reference: Plan | None = None
     stop_reason: str | None = None
+    # The node type sized, when the plan's search.node lists several; None otherwise.
+    node_type: str | None = None
 
     @property
     def chosen(self) -> SizeStep | None:
@@ -128,12 +132,51 @@ def run(args: argparse.Namespace) -> int:
     if args.arrival_rate is not None:
         _check_arrival_rate(args.arrival_rate)
 
+    node_types = _searched_node_types(args)
+    if node_types:
+        sizings = [size_fleet(args, node_type=name) for name in node_types]
+        sys.stdout.write(render_node_types(args, sizings))
+        if any(sizing.chosen is not None for sizing in sizings):
+            return EXIT_OK
+        for sizing in sizings:
+            print(f"kvplan size: {sizing.node_type}: {failure_message(sizing)}", file=sys.stderr)
+        return EXIT_FAILURE
+
     sizing = size_fleet(args)
     sys.stdout.write(render_sizing(args, sizing))
     if sizing.chosen is not None:
         return EXIT_OK
     print(f"kvplan size: {failure_message(sizing)}", file=sys.stderr)
     return EXIT_FAILURE
+
+
+def _searched_node_types(args: argparse.Namespace) -> list[str]:
+    """Return the names of the plan's search.node types, or [] when it lists none.
+
+    Raises UsageError when the plan lists node types but its search section is invalid
+    on one node, because the types cannot be read then.
+    """
+    overrides, _ = base_overrides(args.plan, args.arrival_rate)
+    plan, _, issues = _load_step(args.plan, {**overrides, "hardware.nodes": 1})
+    if plan is None:
+        if _written_search_lists_nodes(args.plan):
+            details = "; ".join(f"{issue.path}: {issue.message}" for issue in issues)
+            raise UsageError(f"the plan's search section is invalid on 1 node ({details}); with search.node, "
+                             "kvplan size needs a search section that is valid on one node of every type")
+        return []
+    return [node.name for node in plan.search.node or ()]
+
+
+def _written_search_lists_nodes(plan_path: str) -> bool:
+    from kvplan.spec.files import MAX_SPEC_FILE_BYTES, read_text
+    from kvplan.spec.yamlpos import YamlSyntaxProblem, load_yaml
+
+    try:
+        data = load_yaml(read_text(plan_path, MAX_SPEC_FILE_BYTES, "spec file")).data
+    except (OSError, UnicodeDecodeError, YamlSyntaxProblem):
+        return False
+    search = data.get("search") if isinstance(data, dict) else None
+    return isinstance(search, dict) and "node" in search
 
 
 def _check_arrival_rate(text: str) -> None:
@@ -177,18 +220,22 @@ def _written_objective(plan_path: str) -> Any:
     return data.get("objective") if isinstance(data, dict) else None
 
 
-def size_fleet(args: argparse.Namespace) -> Sizing:
-    """Search node counts from 1 upwards until one meets the SLA or the limit is reached."""
+def size_fleet(args: argparse.Namespace, node_type: str | None = None) -> Sizing:
+    """Search node counts from 1 upwards until one meets the SLA or the limit is reached.
+
+    With ``node_type``, the name of one of the plan's search.node types, every node count
+    searches that type alone.
+    """
     from kvplan.optimizer.search import optimize
 
     overrides, note = base_overrides(args.plan, args.arrival_rate)
-    sizing = Sizing(args.max_nodes, note, [])
+    sizing = Sizing(args.max_nodes, note, [], node_type=node_type)
     # GPUs of the largest layout when the plan lists dp, tp and pp, so that more nodes
     # stop helping once they hold it; None when a list grows with the budget.
     ceiling = None
     for nodes in range(1, args.max_nodes + 1):
         step_overrides = {**overrides, "hardware.nodes": nodes}
-        plan, reference, issues = _load_step(args.plan, step_overrides)
+        plan, reference, issues = _load_step(args.plan, step_overrides, node_type)
         if nodes == 1:
             _check_rate_mode(reference)
             search = reference.search
@@ -208,7 +255,7 @@ def size_fleet(args: argparse.Namespace) -> Sizing:
             break
         if plan.search.dp is None:
             step_overrides["search.dp"] = replica_counts(nodes, step.gpus)
-            plan, _, _ = _load_step(args.plan, step_overrides)
+            plan, _, _ = _load_step(args.plan, step_overrides, node_type)
             step.plan = plan
 
         started = time.perf_counter()
@@ -237,13 +284,16 @@ def replica_counts(nodes: int, gpus: int) -> list[int]:
     return sorted(counts)
 
 
-def _load_step(plan_path: str, overrides: dict[str, Any]) -> tuple[Plan | None, Plan, list[SpecIssue]]:
+def _load_step(plan_path: str, overrides: dict[str, Any],
+               node_type: str | None = None) -> tuple[Plan | None, Plan, list[SpecIssue]]:
     """Load the plan for one node count: (plan, a plan to read the node from, search problems).
 
     dp, tp or pp lists that need more GPUs than these nodes hold make only the search
     section invalid, and more nodes can fix that. The plan is then None, and the plan
-    loaded without the search section names the node. Every other problem raises.
+    loaded with only the search section's node types names the node. Every other
+    problem raises. With ``node_type``, both plans are narrowed to that node type.
     """
+    from kvplan.optimizer.variants import single_node_type_plan
     from kvplan.spec import load_plan_with_overrides
     from kvplan.spec.errors import SpecError
 
@@ -252,11 +302,20 @@ def _load_step(plan_path: str, overrides: dict[str, Any]) -> tuple[Plan | None, 
     except SpecError as error:
         if not all(issue.path.startswith("$.search") for issue in error.issues):
             raise
+        search_overrides = {f"search.{key}": None for key in ("gpu_budget", "dp", "tp", "pp", "max_num_seqs",
+                                                              "max_num_batched_tokens", "gpu_memory_utilization")}
         try:
-            reference = load_plan_with_overrides(plan_path, {**overrides, "search": None})
+            reference = load_plan_with_overrides(plan_path, {**overrides, **search_overrides})
         except SpecError:
-            raise error from None
+            try:
+                reference = load_plan_with_overrides(plan_path, {**overrides, "search": None})
+            except SpecError:
+                raise error from None
+        if node_type is not None and node_type in {node.name for node in reference.search.node or ()}:
+            reference = single_node_type_plan(reference, node_type)
         return None, reference, error.issues
+    if node_type is not None:
+        plan = single_node_type_plan(plan, node_type)
     return plan, plan, []
 
 
@@ -501,3 +560,121 @@ def _fleet_lines(sizing: Sizing) -> list[str]:
         )
     return lines
 
+
+
+# Several node types
+
+
+def rank_node_types(sizings: list[Sizing]) -> tuple[list[Sizing], str]:
+    """Order the sizings of several node types, cheapest fleet first, and name the order.
+
+    Fleets are ranked by price per hour when every node type has a price, otherwise by
+    GPU count. Node types without a fleet come last, in the plan's order.
+    """
+    priced = all(sizing.reference is not None and sizing.reference.node.price_per_gpu_hour is not None
+                 for sizing in sizings)
+
+    def key(sizing: Sizing) -> tuple[int, float]:
+        chosen = sizing.chosen
+        if chosen is None:
+            return (1, 0.0)
+        return (0, fleet_cost_per_hour(chosen) if priced else float(chosen.gpus))
+
+    order = "price per hour" if priced else "GPU count"
+    return sorted(sizings, key=key), order
+
+
+def render_node_types(args: argparse.Namespace, sizings: list[Sizing]) -> str:
+    ranked, order = rank_node_types(sizings)
+    if args.format == "json":
+        return _render_node_types_json(args, ranked, order)
+    if args.format == "csv":
+        return _render_node_types_csv(ranked)
+    return _render_node_types_table(args, ranked, order)
+
+
+def _node_type_fields(sizing: Sizing) -> dict[str, Any]:
+    chosen = sizing.chosen
+    node = sizing.reference.node if sizing.reference is not None else None
+    return {
+        "node": sizing.node_type,
+        "price_per_gpu_hour": None if node is None else node.price_per_gpu_hour,
+        "nodes": None if chosen is None else chosen.nodes,
+        "gpus": None if chosen is None else chosen.gpus,
+        "cost_per_hour": None if chosen is None else fleet_cost_per_hour(chosen),
+        "cost_per_million_tokens": None if chosen is None else fleet_cost_per_million_tokens(chosen),
+        "reason": None if chosen is not None else failure_message(sizing),
+    }
+
+
+def _render_node_types_json(args: argparse.Namespace, ranked: list[Sizing], order: str) -> str:
+    from kvplan.commands._tables import render_json
+
+    node_types = []
+    for rank, sizing in enumerate(ranked, start=1):
+        document = json.loads(_render_json(args, sizing))
+        document.pop("schema_version")
+        document.pop("command")
+        node_types.append({"rank": rank, **_node_type_fields(sizing), "sizing": document})
+    from kvplan.optimizer.search import SCHEMA_VERSION
+
+    return render_json({
+        "schema_version": SCHEMA_VERSION,
+        "command": "size",
+        "plan": {"source": args.plan},
+        "ranked_by": order,
+        "node_types": node_types,
+    })
+
+
+def _render_node_types_csv(ranked: list[Sizing]) -> str:
+    from kvplan.commands._tables import DEPLOYMENT_FIELDS, deployment_fields, render_csv
+
+    rows = []
+    for rank, sizing in enumerate(ranked, start=1):
+        chosen = sizing.chosen
+        row = {"rank": rank, **_node_type_fields(sizing)}
+        fields = deployment_fields(chosen.deployment if chosen is not None else None)
+        row.update({key: value for key, value in fields.items() if key not in row})
+        rows.append({key: ("" if value is None else value) for key, value in row.items()})
+    keys = ["rank", "node", "price_per_gpu_hour", "nodes", "gpus", "cost_per_hour", "cost_per_million_tokens",
+            "reason"]
+    return render_csv([*keys, *(key for key in DEPLOYMENT_FIELDS if key not in keys)], rows)
+
+
+def _render_node_types_table(args: argparse.Namespace, ranked: list[Sizing], order: str) -> str:
+    from kvplan.commands._tables import describe_deployment, describe_search, describe_sla, format_dollars, render_rows
+
+    plan = next((sizing.reference for sizing in ranked if sizing.reference is not None), None)
+    lines = []
+    if plan is not None:
+        lines += [
+            f"Sizing plan {plan.name} for {plan.workload.arrival_rate_per_s:g} requests/s: {plan.model.name} "
+            f"({plan.model.weight_dtype}) on 1 to {args.max_nodes} nodes of each of {len(ranked)} node types",
+            f"SLA: {describe_sla(plan)}",
+            f"Search per node count: {describe_search(args.trials, args.seed, args.exhaustive)}, "
+            "GPU budget = all GPUs of the nodes",
+        ]
+    headers = ["#", "node", "nodes", "GPUs", "$/GPU-h", "$/h", "$/M tok", "deployment"]
+    rows = []
+    for rank, sizing in enumerate(ranked, start=1):
+        fields = _node_type_fields(sizing)
+        chosen = sizing.chosen
+        price = fields["price_per_gpu_hour"]
+        rows.append([
+            str(rank),
+            str(sizing.node_type),
+            "-" if chosen is None else str(chosen.nodes),
+            "-" if chosen is None else str(chosen.gpus),
+            "-" if price is None else f"{price:g}",
+            format_dollars(fields["cost_per_hour"]),
+            format_dollars(fields["cost_per_million_tokens"]),
+            f"no fleet up to {args.max_nodes} node(s)" if chosen is None else describe_deployment(chosen.deployment),
+        ])
+    notes = [f"Each row is the fewest nodes of one type that keep up and meet the SLA, ranked by {order}; "
+             "$/h and $/M tok count every GPU of the nodes."]
+    for sizing in ranked:
+        if sizing.chosen is None:
+            notes.append(f"{sizing.node_type}: {failure_message(sizing)}.")
+    body = render_rows(headers, rows, args.format)
+    return "\n".join([*lines, "", body, "", *notes]) + "\n"

@@ -11,13 +11,14 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 from kvplan.cli import EXIT_INTERRUPTED, EXIT_OK, FORMATS, UsageError
 
 if TYPE_CHECKING:
     import optuna
 
+    from kvplan.optimizer.pareto import ParetoResult
     from kvplan.optimizer.studies import SearchInterrupted
 
 EXPORT_FORMATS = ("csv", "json")
@@ -68,8 +69,11 @@ def search_options(args: argparse.Namespace) -> dict[str, Any]:
 
 def report_interrupted(command: str, interrupted: SearchInterrupted) -> int:
     """Tell on stderr what an interrupted search kept, and return the exit code."""
+    from kvplan.optimizer.pareto import ParetoResult
+
     result = interrupted.result
-    message = (f"kvplan {command}: interrupted by Ctrl-C; the output shows the best of the "
+    shown = "the Pareto front" if isinstance(result, ParetoResult) else "the best"
+    message = (f"kvplan {command}: interrupted by Ctrl-C; the output shows {shown} of the "
                f"{result.evaluated} deployment(s) evaluated in completed trials")
     if interrupted.storage is not None:
         message += (f". They are kept in study {interrupted.study_name!r} in {interrupted.storage}, and the "
@@ -92,7 +96,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     listing = actions.add_parser("list", help="list the studies with trial counts and the best deployment",
                                  description="List every study in the storage with its trial counts and "
-                                             "the best deployment that meets the SLA.")
+                                             "the best deployment that meets the SLA, or the size of the "
+                                             "Pareto front of a multi-objective study.")
     listing.add_argument("storage", type=storage_url, metavar="STORAGE", help=STORAGE_HELP)
     listing.add_argument("--format", choices=("table", "json"), default="table",
                          help="output format (default: table)")
@@ -100,14 +105,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
     show = actions.add_parser("show", help="rank the deployments of a study like kvplan optimize",
                               description="Rank the deployments of a study's completed trials and print them "
-                                          "like kvplan optimize. Exit code 1 when none meets the SLA.")
+                                          "like kvplan optimize: a multi-objective study prints its Pareto "
+                                          "front. Exit code 1 when none meets the SLA.")
     show.add_argument("storage", type=storage_url, metavar="STORAGE", help=STORAGE_HELP)
     show.add_argument("--study-name", metavar="NAME",
                       help="the study to show (default: the only study in the storage)")
     show.add_argument("--top", type=int, default=None,
-                      help="rows to print (default: 10, or every row with --all)")
+                      help="rows to print (default: 10, or every row with --all; the whole front of a "
+                           "multi-objective study)")
     show.add_argument("--all", action="store_true", dest="all_deployments",
-                      help="list every deployment, not only the best one of each (dp, tp, pp) layout")
+                      help="list every deployment, not only the best one of each (dp, tp, pp) layout or the "
+                           "Pareto front")
     show.add_argument("--format", choices=FORMATS, default="table", help="output format (default: table)")
     show.set_defaults(handler=run_show)
 
@@ -174,17 +182,28 @@ def _study_entry(storage: optuna.storages.BaseStorage, name: str) -> dict[str, A
     """Describe one study for ``study list``: its plan, trial counts and best deployment."""
     import optuna
 
-    from kvplan.optimizer.studies import PLAN_ATTR, result_of_study, study_plan
+    from kvplan.optimizer.studies import PLAN_ATTR, result_of_study, study_objectives, study_plan
 
     study = optuna.load_study(study_name=name, storage=storage)
     entry: dict[str, Any] = {"study": name, "kvplan": PLAN_ATTR in study.user_attrs, "trials": _trial_counts(study),
-                             "plan": None, "objective": None, "best": None}
+                             "plan": None, "objective": None, "objectives": None, "front_size": None, "best": None}
     if not entry["kvplan"]:
         return entry
     plan = study_plan(study)
     entry["plan"] = plan.name
+    objectives = study_objectives(study)
+    result = result_of_study(study, plan)
+    best = result.best
+    if objectives is not None:
+        # The best deployment of a multi-objective study is the front's first by the first objective.
+        entry["objectives"] = list(objectives)
+        entry["front_size"] = len(result.front)
+        if best is not None:
+            entry["best"] = {"objective_values": dict(zip(objectives, best.values)),
+                             "config": best.evaluation.config.to_dict()}
+        return entry
     entry["objective"] = plan.objective
-    best = result_of_study(study, plan).best
+    entry["objectives"] = [plan.objective]
     if best is not None:
         entry["best"] = {"objective_value": best.objective_value, "config": best.evaluation.config.to_dict()}
     return entry
@@ -216,17 +235,23 @@ def run_list(args: argparse.Namespace) -> int:
         if best is None:
             best_text, deployment = "no deployment meets the SLA", "-"
         else:
-            best_text = format_best(entry["objective"], best["objective_value"]).removeprefix("best ")
+            if entry["objective"] is None:
+                best_text = f"front of {format_count(entry['front_size'])}"
+            else:
+                best_text = format_best(entry["objective"], best["objective_value"]).removeprefix("best ")
             config = best["config"]
             deployment = (f"dp={config['dp']} tp={config['tp']} pp={config['pp']} "
                           f"max_num_seqs={config['max_num_seqs']}")
-        rows.append([entry["study"], entry["plan"], entry["objective"], format_count(counts["complete"]),
+        rows.append([entry["study"], entry["plan"], ", ".join(entry["objectives"]), format_count(counts["complete"]),
                      format_count(counts["running"]), format_count(counts["failed"]), best_text, deployment])
     headers = ["study", "plan", "objective", "trials", "running", "failed", "best", "best deployment"]
     print(f"Studies in {_display(args.storage)}:\n")
     print(render_rows(headers, rows, "table"))
     print("\nColumns: trials = completed trials (sampled and polish), running = asked and not yet "
           "completed, best = best objective value among deployments that meet the SLA.")
+    if any(entry["front_size"] is not None for entry in entries):
+        print("A multi-objective study lists its objectives; its best is the size of its Pareto front, and its "
+              "best deployment the front's best by the first objective.")
     return EXIT_OK
 
 
@@ -245,10 +270,14 @@ def run_show(args: argparse.Namespace) -> int:
     with _loaded(args) as study:
         result = result_of_study(study)
         summary = _study_summary(study, args.storage)
-    if not result.results:
+    if not result.evaluated:
         from kvplan.spec.errors import KvplanError
 
         raise KvplanError(f"study {summary['name']!r} has no completed trials yet")
+    from kvplan.optimizer.pareto import ParetoResult
+
+    if isinstance(result, ParetoResult):
+        return _show_front(args, result, summary)
     top = args.top
     if not args.all_deployments:
         result = result.best_per_layout()
@@ -260,12 +289,33 @@ def run_show(args: argparse.Namespace) -> int:
     elif args.format == "csv":
         sys.stdout.write(render_result(result, "csv", top=top))
     else:
-        counts = summary["trials"]
-        heading = (f"Study {summary['name']} in {summary['storage']}: {counts['complete']} completed trials "
-                   f"({counts['sampled']} sampled, {counts['polish']} from the polish)")
         separator = "\n\n" if args.format == "markdown" else "\n"
-        sys.stdout.write(heading + separator + render_result(result, args.format, top=top))
+        sys.stdout.write(_study_heading(summary) + separator + render_result(result, args.format, top=top))
     return _exit_code_for(result)
+
+
+def _show_front(args: argparse.Namespace, result: ParetoResult, summary: dict[str, Any]) -> int:
+    """Print the Pareto front of a multi-objective study like kvplan optimize --objective."""
+    from kvplan.commands._pareto import exit_code_of_front, render_pareto
+    from kvplan.commands._tables import render_json
+
+    if args.format == "json":
+        document = result.to_dict(top=args.top)
+        document["study"] = summary
+        sys.stdout.write(render_json(document))
+    else:
+        text = render_pareto(result, args.format, top=args.top, all_points=args.all_deployments)
+        if args.format != "csv":
+            separator = "\n\n" if args.format == "markdown" else "\n"
+            text = _study_heading(summary) + separator + text
+        sys.stdout.write(text)
+    return exit_code_of_front(result)
+
+
+def _study_heading(summary: dict[str, Any]) -> str:
+    counts = summary["trials"]
+    return (f"Study {summary['name']} in {summary['storage']}: {counts['complete']} completed trials "
+            f"({counts['sampled']} sampled, {counts['polish']} from the polish)")
 
 
 # Export
@@ -274,16 +324,24 @@ TRIAL_FIELDS = ("trial", "state", "source", "value", "sla_constraint", "datetime
 
 
 def _export_records(study: optuna.Study) -> list[dict[str, Any]]:
-    """Return one record per trial: Optuna's fields, the deployment and the prediction."""
+    """Return one record per trial: Optuna's fields, the deployment and the prediction.
+
+    A record of a multi-objective study also has ``on_front``: whether its deployment is
+    on the study's Pareto front.
+    """
     from kvplan.optimizer.search import sla_violations
-    from kvplan.optimizer.studies import CONSTRAINT_NAME, study_plan, trial_evaluation, trial_source
+    from kvplan.optimizer.studies import (CONSTRAINT_NAME, result_of_study, study_objectives, study_plan,
+                                          trial_evaluation, trial_source)
 
     plan = study_plan(study)
+    front = None
+    if study_objectives(study) is not None:
+        front = {point.evaluation.config for point in result_of_study(study, plan).front}
     records = []
     for trial in study.get_trials(deepcopy=False):
         evaluation = trial_evaluation(trial)
         violations = sla_violations(plan, evaluation) if evaluation is not None and evaluation.feasible else []
-        records.append({
+        record = {
             "trial": trial.number,
             "state": trial.state.name,
             "source": trial_source(trial),
@@ -298,20 +356,32 @@ def _export_records(study: optuna.Study) -> list[dict[str, Any]]:
             "sla_met": (evaluation.feasible and not violations) if evaluation is not None else None,
             "violations": violations,
             "metrics": evaluation.metrics if evaluation is not None else None,
-        })
+        }
+        if front is not None:
+            record["on_front"] = evaluation is not None and evaluation.config in front
+        records.append(record)
     return records
 
 
-def _render_export_csv(records: list[dict[str, Any]]) -> str:
+def _render_export_csv(records: list[dict[str, Any]], objectives: Sequence[str] | None) -> str:
+    """Render the records as CSV, with a ``value.METRIC`` column per objective for a multi-objective study."""
     from kvplan.commands._tables import render_csv
     from kvplan.output import CONFIG_COLUMNS, LATENCY_METRICS, SCALAR_METRICS, STATISTICS
 
     latency_columns = [f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS]
-    fieldnames = [*TRIAL_FIELDS, *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
+    trial_fields = list(TRIAL_FIELDS)
+    if objectives is not None:
+        value_columns = [f"value.{name}" for name in objectives]
+        position = trial_fields.index("value")
+        trial_fields[position:position + 1] = [*value_columns, "on_front"]
+    fieldnames = [*trial_fields, *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
                   *SCALAR_METRICS, *latency_columns]
     rows = []
     for record in records:
-        row: dict[str, Any] = {field: record[field] for field in TRIAL_FIELDS}
+        row: dict[str, Any] = {field: record[field] for field in TRIAL_FIELDS if field in trial_fields}
+        if objectives is not None:
+            row["on_front"] = record["on_front"]
+            row.update(zip(value_columns, record["value"] or [None] * len(objectives)))
         row.update(record["config"] or {})
         row.update({
             "feasible": record["feasible"],
@@ -340,12 +410,13 @@ def _export_format(args: argparse.Namespace) -> str:
 def run_export(args: argparse.Namespace) -> int:
     from kvplan.cli import write_output
     from kvplan.optimizer.search import SCHEMA_VERSION
-    from kvplan.optimizer.studies import OBJECTIVE_ATTR
+    from kvplan.optimizer.studies import OBJECTIVE_ATTR, study_objectives
 
     with _loaded(args) as study:
         records = _export_records(study)
         summary = _study_summary(study, args.storage)
         objective = study.user_attrs.get(OBJECTIVE_ATTR)
+        objectives = study_objectives(study)
         directions = [direction.name.lower() for direction in study.directions]
     if _export_format(args) == "json":
         document = {
@@ -353,11 +424,12 @@ def run_export(args: argparse.Namespace) -> int:
             "command": "study export",
             "study": summary,
             "objective": objective,
+            "objectives": list(objectives) if objectives is not None else None,
             "directions": directions,
             "trials": records,
         }
         text = json.dumps(document, indent=2, default=str) + "\n"
     else:
-        text = _render_export_csv(records)
+        text = _render_export_csv(records, objectives)
     write_output(args.output, text)
     return EXIT_OK

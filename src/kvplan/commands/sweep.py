@@ -324,20 +324,22 @@ def _render_json(args: argparse.Namespace, settings: Sequence[Setting], points: 
 
 def _render_csv(settings: Sequence[Setting], points: Sequence[SweepPoint]) -> str:
     from kvplan.commands._tables import DEPLOYMENT_FIELDS, closest_deployment, deployment_fields, render_csv
+    from kvplan.output import optional_settings_in
 
+    deployments = [closest_deployment(point.result) if point.result is not None else None for point in points]
+    optional = optional_settings_in([d.evaluation.config for d in deployments if d is not None])
     # The --set columns are prefixed so that a setting such as `objective` cannot clash
     # with a result column of the same name.
     rows = []
-    for point in points:
-        result = point.result
+    for point, deployment in zip(points, deployments):
         row: dict[str, Any] = {f"set.{path}": text for path, text in point.texts.items()}
         row["status"] = point.status
         row["reason"] = _reason(point) or ""
         row["objective"] = point.plan.objective if point.plan is not None else ""
-        row.update(deployment_fields(closest_deployment(result) if result is not None else None))
+        row.update(deployment_fields(deployment, optional))
         rows.append(row)
     fieldnames = [*(f"set.{setting.path}" for setting in settings), "status", "reason", "objective",
-                  *DEPLOYMENT_FIELDS]
+                  *DEPLOYMENT_FIELDS, *optional]
     return render_csv(fieldnames, rows)
 
 
@@ -350,11 +352,13 @@ def _render_table(args: argparse.Namespace, settings: Sequence[Setting], points:
         describe_sla,
         render_rows,
     )
+    from kvplan.output import optional_settings_in
 
     plans = [point.plan for point in points if point.plan is not None]
     deployments = [closest_deployment(point.result) if point.result is not None else None for point in points]
     utilizations = {d.evaluation.config.gpu_memory_utilization for d in deployments if d is not None}
-    columns = DeploymentColumns(plans, utilization_varies=len(utilizations) > 1)
+    optional = optional_settings_in([d.evaluation.config for d in deployments if d is not None])
+    columns = DeploymentColumns(plans, utilization_varies=len(utilizations) > 1, optional_settings=optional)
     objectives = {plan.objective for plan in plans}
     slas = {describe_sla(plan) for plan in plans}
 

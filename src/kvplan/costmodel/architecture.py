@@ -12,7 +12,9 @@ Everything here is pure Python integer arithmetic on an
   vocabulary to a multiple of 64 and splits the padded rows across the TP ranks.
 * Norms, MLA's ``q_a_proj`` and ``kv_a_proj_with_mqa`` and the MoE router are
   replicated on every TP rank.
-* Every TP rank stores a 1/tp slice of every routed expert (no expert parallelism).
+* Every TP rank stores a 1/tp slice of every routed expert. vLLM's expert parallelism,
+  which stores whole experts instead, is applied per deployment in ``hardware.py`` from
+  :func:`routed_expert_bytes_per_expert`.
 
 The parameter counts leave out DeepSeek's multi-token-prediction layer and the router's
 ``e_score_correction_bias`` because vLLM does not load them for plain decoding.
@@ -422,6 +424,26 @@ def _active_numel(tensor: WeightTensor, arch: Architecture) -> int:
         return tensor.numel
     assert arch.moe is not None
     return tensor.numel // arch.moe.num_experts * arch.moe.num_experts_per_token
+
+
+def routed_expert_bytes_per_expert(arch: Architecture, weight_dtype: WeightDtype) -> int:
+    """Return the bytes of one whole routed expert of one MoE layer, or 0 for a dense model.
+
+    That is its gate, up and down projections unsharded, with their fp8 block scales when
+    the checkpoint is fp8. Every MoE layer's experts have the same shapes.
+    """
+    if arch.moe is None:
+        return 0
+    first_moe_layer = next(
+        layer for layer in range(arch.num_hidden_layers) if is_moe_layer(arch, layer)
+    )
+    layer_bytes = sum(
+        _tensor_bytes(tensor, tensor.shape, arch, weight_dtype)
+        for tensor in _layer_tensors(arch, first_moe_layer)
+        if tensor.is_routed_expert
+    )
+    # Each expert's matrices carry their own scales, so the division is exact.
+    return layer_bytes // arch.moe.num_experts
 
 
 def kv_cache_elements_per_token_per_layer(arch: Architecture) -> int:

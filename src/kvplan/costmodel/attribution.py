@@ -3,8 +3,9 @@
 Three layers:
 
 * :func:`time_components` runs inside the jitted cost model. It splits the engine's time
-  into compute, HBM reads (weights and KV cache), TP all-reduces, PP transfers, engine
-  overhead and recomputation after preemption. It also estimates the mean time a request
+  into compute, HBM reads (weights and KV cache), TP all-reduces, PP transfers, the
+  dispatch and combine of expert parallelism, engine overhead and recomputation after
+  preemption. It also estimates the mean time a request
   queues before its prefill.
 * :func:`share_metrics` and :func:`bottleneck` turn those arrays and the other metrics of
   one deployment into shares that sum to 1 and into the one constraint that binds it.
@@ -27,8 +28,8 @@ if TYPE_CHECKING:
     from kvplan.spec.types import Deployment, Plan
 
 # Parts of the engine's busy time, in the order of the ``engine_parts`` array.
-ENGINE_PARTS = ("compute", "weight_read", "kv_read", "tp_allreduce", "pp_transfer", "engine_overhead",
-                "recomputation")
+ENGINE_PARTS = ("compute", "weight_read", "kv_read", "tp_allreduce", "pp_transfer", "ep_dispatch_combine",
+                "engine_overhead", "recomputation")
 # Parts of a request's life: waiting for admission, then the engine's parts.
 REQUEST_PARTS = ("queueing", *ENGINE_PARTS)
 
@@ -42,6 +43,7 @@ PART_TITLES = {
     "kv_read": "HBM: KV cache",
     "tp_allreduce": "TP all-reduce",
     "pp_transfer": "PP transfers",
+    "ep_dispatch_combine": "EP dispatch/combine",
     "engine_overhead": "engine overhead",
     "recomputation": "recomputation",
 }
@@ -74,6 +76,7 @@ def time_components(inputs, layout, tp, pp, dp, max_num_batched_tokens, replica)
         clean.kv_read,
         clean.tp_allreduce,
         clean.pp_transfer,
+        clean.ep_dispatch_combine,
         clean.fixed_gpu + clean.cpu,
     ])
     parts = parts / jnp.maximum(jnp.sum(parts), 1e-30)
@@ -155,7 +158,7 @@ RESOURCE_LABELS = {
 RESOURCE_PARTS = {
     "compute": ("compute",),
     "hbm_bandwidth": ("weight_read", "kv_read"),
-    "communication": ("tp_allreduce", "pp_transfer"),
+    "communication": ("tp_allreduce", "pp_transfer", "ep_dispatch_combine"),
     "engine_overhead": ("engine_overhead",),
 }
 
@@ -265,9 +268,12 @@ def _resource_detail(resource: str, deployment: Deployment, metrics: dict[str, A
         return (f"matrix work at the achieved FLOP rate takes {_format_share(shares.get('compute', 0.0))} "
                 "of each step")
     if resource == "communication":
-        return (f"communication takes {_format_share(shares.get('communication', 0.0))} of each step "
+        text = (f"communication takes {_format_share(shares.get('communication', 0.0))} of each step "
                 f"(TP all-reduce {_format_share(engine.get('tp_allreduce', 0.0))}, PP transfers "
-                f"{_format_share(engine.get('pp_transfer', 0.0))})")
+                f"{_format_share(engine.get('pp_transfer', 0.0))}")
+        if deployment.enable_expert_parallel:
+            text += f", EP dispatch and combine {_format_share(engine.get('ep_dispatch_combine', 0.0))}"
+        return text + ")"
     return (f"host and fixed per-layer kernel time take {_format_share(shares.get('engine_overhead', 0.0))} "
             f"of each step with {running:,.0f} running requests per replica")
 

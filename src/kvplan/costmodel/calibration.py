@@ -31,6 +31,7 @@ import numpy as np
 
 from kvplan.costmodel import constants
 from kvplan.costmodel.evaluate import (
+    EXPERT_PARALLEL_WITHOUT_EXPERTS,
     INVALID_LAYOUT,
     KV_TOO_SMALL,
     OVER_GPU_BUDGET,
@@ -188,6 +189,7 @@ _INFEASIBLE = {
     TP_ACROSS_NODES: "its tp exceeds the GPUs of one node",
     WEIGHTS_DO_NOT_FIT: "its weights do not fit in GPU memory",
     KV_TOO_SMALL: "its KV cache holds less than one longest request",
+    EXPERT_PARALLEL_WITHOUT_EXPERTS: "it enables expert parallelism for a dense model",
 }
 
 

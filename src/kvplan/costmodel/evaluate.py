@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from kvplan.costmodel.attribution import share_metrics, time_components
-from kvplan.costmodel.hardware import kv_memory, select_layout
+from kvplan.costmodel.hardware import apply_expert_parallel, kv_memory, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs, build_model_inputs
 from kvplan.costmodel.scheduling import batch_replica, concurrency_replica, rate_replica
 from kvplan.spec.limits import MAX_COUNT, MAX_GPUS
@@ -26,6 +26,7 @@ OVER_GPU_BUDGET = 2
 TP_ACROSS_NODES = 3
 WEIGHTS_DO_NOT_FIT = 4
 KV_TOO_SMALL = 5
+EXPERT_PARALLEL_WITHOUT_EXPERTS = 6
 
 # Largest rounding error accepted in a reported TPOT, relative to its value; beyond it the
 # TPOT statistics are reported as undefined (see ``CostModel._tpot_resolved``).
@@ -51,7 +52,8 @@ def _evaluate_one(inputs: ModelInputs, mode: str, config: ConfigBatch) -> dict[s
     max_num_seqs = config.max_num_seqs.astype(jnp.float32)
     max_num_batched_tokens = config.max_num_batched_tokens.astype(jnp.float32)
 
-    layout = select_layout(inputs, config.i_tp, config.i_pp)
+    layout = apply_expert_parallel(inputs, select_layout(inputs, config.i_tp, config.i_pp), dp, tp, pp,
+                                   config.enable_expert_parallel)
     memory = kv_memory(inputs, layout, tp, max_num_seqs, max_num_batched_tokens,
                        config.gpu_memory_utilization)
     replica = _REPLICA_MODELS[mode](inputs, layout, memory, dp, tp, pp, max_num_seqs,
@@ -61,12 +63,14 @@ def _evaluate_one(inputs: ModelInputs, mode: str, config: ConfigBatch) -> dict[s
     reason = jnp.select(
         [
             ~inputs.layout_valid[config.i_tp, config.i_pp],
+            (config.enable_expert_parallel > 0) & (inputs.num_experts == 0),
             gpus > inputs.gpu_budget,
             tp > inputs.gpus_per_node,
             ~memory.weights_fit,
             memory.kv_capacity_tokens < inputs.max_request_tokens,
         ],
-        [INVALID_LAYOUT, OVER_GPU_BUDGET, TP_ACROSS_NODES, WEIGHTS_DO_NOT_FIT, KV_TOO_SMALL],
+        [INVALID_LAYOUT, EXPERT_PARALLEL_WITHOUT_EXPERTS, OVER_GPU_BUDGET, TP_ACROSS_NODES,
+         WEIGHTS_DO_NOT_FIT, KV_TOO_SMALL],
         default=FEASIBLE,
     )
     step = replica.step
@@ -202,6 +206,9 @@ class CostModel:
             max_num_batched_tokens=np.array([d.max_num_batched_tokens for d in deployments], dtype=np.int32),
             gpu_memory_utilization=np.array([d.gpu_memory_utilization for d in deployments],
                                             dtype=np.float32),
+            # None (the plan's setting, expert parallelism off) counts as off.
+            enable_expert_parallel=np.array([1.0 if d.enable_expert_parallel else 0.0 for d in deployments],
+                                            dtype=np.float32),
         )
 
     def evaluate_raw(self, deployments: list[Deployment]) -> dict[str, Any]:
@@ -254,6 +261,9 @@ class CostModel:
             i_tp = self._tp_values.index(deployment.tp)
             i_pp = self._pp_values.index(deployment.pp)
             return self._layout_reasons[i_tp][i_pp] or "invalid parallel layout"
+        if code == EXPERT_PARALLEL_WITHOUT_EXPERTS:
+            return (f"enable_expert_parallel needs a mixture-of-experts model, but model "
+                    f"{plan.model.name!r} is dense; set enable_expert_parallel to false")
         if code == OVER_GPU_BUDGET:
             return (f"needs {deployment.gpus} GPUs (dp x tp x pp), more than the budget of "
                     f"{plan.search.gpu_budget}")

@@ -12,7 +12,11 @@ from typing import NamedTuple
 import numpy as np
 
 from kvplan.costmodel import constants
-from kvplan.costmodel.architecture import kv_bytes_per_token, parallel_tables
+from kvplan.costmodel.architecture import (
+    kv_bytes_per_token,
+    parallel_tables,
+    routed_expert_bytes_per_expert,
+)
 from kvplan.spec.types import DISTRIBUTION_BINS, DTYPE_BYTES, Plan
 
 ARRIVAL_MODES = ("batch", "rate", "concurrency")
@@ -42,6 +46,7 @@ class ModelInputs(NamedTuple):
     vocab_size: float
     num_experts: float  # 0 for dense models
     experts_per_token: float
+    routed_expert_bytes_per_expert: float  # one whole expert of one MoE layer, 0 for dense models
     model_kv_bytes_per_token: float
     activation_bytes: float  # bytes per activation element
 
@@ -92,6 +97,8 @@ class ConfigBatch(NamedTuple):
     max_num_seqs: np.ndarray
     max_num_batched_tokens: np.ndarray
     gpu_memory_utilization: np.ndarray
+    # vLLM's --enable-expert-parallel as 0.0 (off) or 1.0 (on).
+    enable_expert_parallel: np.ndarray
 
 
 def _pad_distribution(values: tuple[float, ...], probabilities: tuple[float, ...]):
@@ -176,6 +183,9 @@ def build_model_inputs(
         vocab_size=float(architecture.vocab_size),
         num_experts=float(num_experts),
         experts_per_token=float(experts_per_token),
+        routed_expert_bytes_per_expert=float(
+            routed_expert_bytes_per_expert(architecture, weight_dtype)
+        ),
         model_kv_bytes_per_token=float(kv_bytes_per_token(architecture, kv_dtype_bytes)),
         activation_bytes=2.0,
         gpus_per_node=float(node.gpus_per_node),

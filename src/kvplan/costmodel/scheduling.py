@@ -168,6 +168,7 @@ def uncovered_growth_share(inputs: ModelInputs, moments: Moments, growth):
 class TailPreemptions(NamedTuple):
     per_request: jnp.ndarray  # preemptions of one request admitted while the pool is full
     victim_context: jnp.ndarray  # KV tokens a request holds when it is preempted
+    off_rounds: jnp.ndarray  # rounds the request spends preempted, waiting to be readmitted
 
 
 # Quadrature points of the tail-preemption integral, on a grid that is dense near t = 0,
@@ -184,16 +185,20 @@ def tail_preemptions(inputs: ModelInputs, moments: Moments, running, slack_token
     requests whose KV fits. A request admitted at its end, ``slack_tokens`` below the
     pool, is preempted whenever the ``running`` requests ahead of it outgrow that
     slack: each grows one token a round until it ends and frees its prompt plus output.
-    Over t rounds their growth U(t) has, for uniform ages and length-biased outputs,
-    mean and variance summed over independent requests; taking U(t) as normal, Rice's
-    formula counts the up-crossings of the slack: rate(t) = (requests still growing
-    + 1) x density of U(t) + g(t) at the slack, where g(t) is the request's own growth
-    while it runs. A preempted request holds E[p] + g + block_size / 2 tokens.
+    Over t rounds, with uniform ages and length-biased outputs, K(t) of them have ended
+    (binomial) and U(t) = (running - K) t - (what the K ended ones free). Rice's formula
+    counts the up-crossings of the slack: rate(t) = (requests still growing + 1) x
+    density of U(t) + g(t) at the slack, where g(t) is the request's own growth while
+    it runs. The density is a mixture over K with the freed tokens normal for each K,
+    or, when many requests end in t rounds, U(t) as one normal. With no request ended,
+    U(t) = running x t, a point that crosses a small slack within the first rounds.
+    A preempted request holds E[p] + g + block_size / 2 tokens.
     """
     o = inputs.output_values
     biased = inputs.output_probabilities * o / moments.mean_output
     mean_prompt_sq = jnp.sum(inputs.prompt_probabilities * inputs.prompt_values**2)
     longest = jnp.max(jnp.where(inputs.output_probabilities > 0, o, 0.0))
+    slack = slack_tokens
 
     u = (jnp.arange(TAIL_TIME_POINTS, dtype=jnp.float32) + 0.5) / TAIL_TIME_POINTS
     t = (longest * u * u)[:, None]
@@ -202,25 +207,70 @@ def tail_preemptions(inputs: ModelInputs, moments: Moments, running, slack_token
     ended = o[None, :] - left
     # One request ahead, age uniform on [0, o): it grows by t if it outlives t rounds,
     # else it frees its prompt plus age.
-    change = (t * left - moments.mean_prompt * ended - 0.5 * (o**2 - left**2)) / o
-    change_sq = (t * t * left + ended * (3.0 * mean_prompt_sq + 3.0 * moments.mean_prompt * (o + left)
-                                         + o**2 + o * left + left**2) / 3.0) / o
+    freed = (moments.mean_prompt * ended + 0.5 * (o**2 - left**2)) / o
+    freed_sq = ended * (3.0 * mean_prompt_sq + 3.0 * moments.mean_prompt * (o + left)
+                        + o**2 + o * left + left**2) / (3.0 * o)
+    change = (t * left) / o - freed
+    change_sq = (t * t * left) / o + freed_sq
     mean_one = jnp.sum(biased * change, axis=1)
     variance_one = jnp.maximum(jnp.sum(biased * change_sq, axis=1) - mean_one**2, 1e-6)
+    t = t[:, 0]
+    ended_share = jnp.clip(jnp.sum(biased * ended / o, axis=1), 1e-9, 1.0 - 1e-7)
+    freed_mean = jnp.sum(biased * freed, axis=1) / ended_share
+    freed_sigma = jnp.sqrt(jnp.maximum(jnp.sum(biased * freed_sq, axis=1) / ended_share - freed_mean**2, 1e-6))
+
+    # Many requests ending in t rounds: U(t) as one normal.
     mean = running * mean_one
     sigma = jnp.sqrt(running * variance_one)
-    growing = running * jnp.sum(biased * left / o, axis=1)
+    growing = running * (1.0 - ended_share)
+    normal_running = 0.5 * (1.0 + erf((slack - mean) / (sigma * jnp.sqrt(2.0))))
 
-    running_probability = 0.5 * (1.0 + erf((slack_tokens - mean) / (sigma * jnp.sqrt(2.0))))
+    # Few: K ended, binomial over ``running`` requests, each K-term normal in the freed tokens.
+    k = jnp.arange(1, COMPLETION_TERMS + 1, dtype=jnp.float32)[None, :]
+    possible = k <= running
+    log_terms = (gammaln(running + 1.0) - gammaln(k + 1.0) - gammaln(jnp.maximum(running - k, 0.0) + 1.0)
+                 + k * jnp.log(ended_share)[:, None] + (running - k) * jnp.log1p(-ended_share)[:, None])
+    p_k = jnp.where(possible, jnp.exp(log_terms), 0.0)
+    k_sigma = jnp.sqrt(k) * freed_sigma[:, None]
+    # U(t) <= slack when the K ended requests free at least (running - K) t - slack.
+    need = (running - k) * t[:, None] - slack - k * freed_mean[:, None]
+    mixture_running = jnp.sum(p_k * 0.5 * (1.0 - erf(need / (k_sigma * jnp.sqrt(2.0)))), axis=1)
+    none_ended = jnp.exp(running * jnp.log1p(-ended_share))
+    mixture_running = mixture_running + none_ended * (running * t <= slack)
+    few = running * ended_share < MANY_COMPLETIONS_PER_ROUND
+    running_probability = jnp.where(few, mixture_running, normal_running)
+
     own_growth = jnp.cumsum(running_probability * dt) - 0.5 * running_probability * dt
-    level = (mean + own_growth - slack_tokens) / sigma
-    rate = (growing + 1.0) * jnp.exp(-0.5 * level * level) / (sigma * jnp.sqrt(2.0 * jnp.pi))
-    per_request = jnp.sum(rate * dt)
-    victim_growth = jnp.sum(rate * own_growth * dt) / jnp.maximum(per_request, 1e-12)
+    level = (mean + own_growth - slack) / sigma
+    normal_rate = (growing + 1.0) * jnp.exp(-0.5 * level * level) / (sigma * jnp.sqrt(2.0 * jnp.pi))
+    z = (need + own_growth[:, None]) / k_sigma
+    mixture_rate = jnp.sum(p_k * (running - k + 1.0) * jnp.exp(-0.5 * z * z) / (k_sigma * jnp.sqrt(2.0 * jnp.pi)),
+                           axis=1)
+    rate = jnp.where(few, mixture_rate, normal_rate)
+
+    # With none ended, U(t) + g(t) = (running + 1) t reaches the slack at t0.
+    t0 = slack / (running + 1.0)
+    ended_at_t0 = jnp.clip(jnp.sum(biased * jnp.minimum(t0, o) / o), 0.0, 1.0 - 1e-7)
+    first_crossing = jnp.where(t0 < longest, jnp.exp(running * jnp.log1p(-ended_at_t0)), 0.0)
+
+    per_request = jnp.sum(rate * dt) + first_crossing
+    victim_growth = (jnp.sum(rate * own_growth * dt) + first_crossing * t0) / jnp.maximum(per_request, 1e-12)
     return TailPreemptions(
         per_request=per_request,
         victim_context=moments.mean_prompt + victim_growth + 0.5 * inputs.block_size,
+        off_rounds=jnp.sum((1.0 - running_probability) * dt),
     )
+
+
+def _preempted_seconds(tail: TailPreemptions, uncovered, preemptions, steady, completion_rate):
+    """Seconds a request admitted at the end of a full pool spends preempted after its first token.
+
+    It is out while the requests ahead of it outgrow its slack (``tail.off_rounds``
+    rounds, scaled like the preemption count by the growth that completions leave
+    uncovered), and after each of its ``preemptions`` it waits for the next completion
+    to free blocks before it is recomputed.
+    """
+    return tail.off_rounds * uncovered * steady.step.total + preemptions / completion_rate
 
 
 class _Round(NamedTuple):
@@ -447,6 +497,39 @@ def _lockstep_peak(inputs: ModelInputs, moments: Moments, requests):
     return jnp.maximum(jnp.max(jnp.where(w > 0, demand, 0.0)), requests * moments.new_request_tokens)
 
 
+# Points of the admission-order grid in ``_lockstep_victims``.
+VICTIM_ORDER_POINTS = 32
+
+
+def _lockstep_victims(inputs: ModelInputs, moments: Moments, requests, usable):
+    """Return how many of ``requests`` admitted together are preempted at least once.
+
+    At age k the request of admission order i still runs while the requests up to it
+    hold i x P(o >= k) x (prompt + k) tokens or fewer; LIFO preempts from the end. So
+    order i is first preempted at the earliest age k_i where that demand exceeds the
+    pool, if it is still running then, with probability P(o >= k_i). Orders below
+    usable / max_k P(o >= k)(prompt + k) always fit.
+    """
+    o = inputs.output_values
+    w = inputs.output_probabilities
+    at_least = jnp.sum(jnp.where(o[None, :] >= o[:, None], w[None, :], 0.0), axis=1)
+    per_request = jnp.where(w > 0, at_least * (moments.new_request_tokens + o), 0.0)
+    # Early ages, where every request is alive: demand at age 0.
+    ages = jnp.concatenate([jnp.zeros(1), o])
+    alive = jnp.concatenate([jnp.ones(1), at_least])
+    demand = jnp.concatenate([jnp.full(1, moments.new_request_tokens), per_request])
+    safe = usable / jnp.maximum(jnp.max(demand), 1e-9)
+    first = jnp.minimum(safe, requests)
+    u = (jnp.arange(VICTIM_ORDER_POINTS, dtype=jnp.float32) + 0.5) / VICTIM_ORDER_POINTS
+    orders = first + (requests - first) * u
+    over = orders[:, None] * demand[None, :] > usable
+    # The earliest such age for each order; among equal ages any index will do.
+    earliest_age = jnp.min(jnp.where(over, ages[None, :], jnp.inf), axis=1)
+    at_earliest = over & (ages[None, :] <= earliest_age[:, None])
+    survival = jnp.max(jnp.where(at_earliest, alive[None, :], 0.0), axis=1)
+    return (requests - first) * jnp.mean(survival)
+
+
 def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
                   max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
     """Offline batch: every request submitted at t = 0, split evenly over replicas.
@@ -478,11 +561,13 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     # completions cover. The victims are young: those at the end of the running set.
     tail = tail_preemptions(inputs, moments, running, headroom)
     victim_context = tail.victim_context
-    thrash = jnp.where(single_cohort, 0.0, tail.per_request * uncovered_growth_share(
-        inputs, moments, jnp.minimum(running, budget)))
+    uncovered = uncovered_growth_share(inputs, moments, jnp.minimum(running, budget))
+    thrash = jnp.where(single_cohort, 0.0, tail.per_request * uncovered)
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context)
     tokens_per_s = steady.decodes / steady.step.total
     completion_rate = tokens_per_s / moments.mean_output
+    preempted_s = jnp.where(single_cohort, 0.0,
+                            _preempted_seconds(tail, uncovered, thrash, steady, completion_rate))
 
     # Fill: prefill of the first admissions, in rounds of at most the token budget.
     fill_tokens = admitted * moments.mean_prompt
@@ -494,7 +579,15 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     # Over-admission: the shrink preempts ``victims`` requests that already have their
     # first token; they wait at the front of the queue and are recomputed later.
     shrink = _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running)
-    victims = jnp.where(single_cohort, 0.0, jnp.maximum(admitted - running, 0.0))
+    # With requests still queued, each completion admits a fresh one at the end of the
+    # pool and the shrink must go down to the steady count. With none queued (the whole
+    # replica admitted at once), only the requests that do not fit at the cohort's peak
+    # KV demand are preempted.
+    victims = jnp.where(single_cohort, 0.0, jnp.where(
+        admitted >= requests,
+        jnp.minimum(_lockstep_victims(inputs, moments, requests, usable), admitted - running),
+        admitted - running))
+    victims = jnp.maximum(victims, 0.0)
     recompute_tokens = victims * (moments.new_request_tokens + shrink.victim_age)
     recompute_rounds = jnp.maximum(recompute_tokens / budget, 1.0)
     recompute_time = jnp.where(
@@ -532,7 +625,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     preemptions = dp * jnp.where(
         single_cohort,
         drain.overflow + drain.overflow_completions * cohort_thrash,
-        victims + (requests - running) * thrash,
+        victims + (victims + requests - admitted) * thrash,
     )
     # A single cohort binds on KV only if its lockstep demand outgrows the pool.
     kv_bound = jnp.where(single_cohort, drain.peak_usage > 1.0, kv_bound)
@@ -544,7 +637,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     prompt_rounds = jnp.maximum(jnp.ceil(moments.mean_prompt / jnp.maximum(budget - steady.decodes, 1.0)), 1.0)
     ttft_values, e2e_values = _batch_latencies(
         inputs, moments, requests, admitted, running, victims, single_cohort, fill_time, shrink_time,
-        recompute_time, steady_time, shrink.ages, shrink.victim_age, steady, thrash, completion_rate, drain,
+        recompute_time, steady_time, shrink.ages, shrink.victim_age, steady, preempted_s, completion_rate, drain,
         jnp.maximum((prompt_rounds - 1.0) * steady.step.total, steady.prefill_wait - steady.step.total),
         fill_rounds,
     )
@@ -582,7 +675,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
 
 
 def _batch_latencies(inputs, moments, requests, admitted, running, victims, single_cohort, fill_time,
-                     shrink_time, recompute_time, steady_time, shrink_age, victim_age, steady, thrash,
+                     shrink_time, recompute_time, steady_time, shrink_age, victim_age, steady, preempted_s,
                      completion_rate, drain, prompt_rounds_time, fill_rounds):
     """TTFT by admission order and end-to-end latency by (admission order, output length).
 
@@ -628,8 +721,9 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     tokens_before = jnp.where(kept, jnp.minimum(outputs - 1.0, shrink_age),
                               jnp.where(is_victim, jnp.minimum(outputs - 1.0, victim_age), 0.0))
 
-    # Each preemption at steady state waits for a completion before its recomputation.
-    token_time = steady.decode_time + thrash / completion_rate / jnp.maximum(outputs - 1.0, 1.0)
+    # A request admitted at the end of a full pool spends ``preempted_s`` preempted;
+    # the oldest requests, which the shrink keeps, are never the newest and never preempted.
+    token_time = steady.decode_time + jnp.where(kept, 0.0, preempted_s) / jnp.maximum(outputs - 1.0, 1.0)
     drain_start = queue_start + steady_time
     remaining = jnp.maximum(outputs - 1.0 - tokens_before, 0.0)
     steady_tokens = jnp.clip((drain_start - decode_start) / token_time, 0.0, remaining)
@@ -637,6 +731,11 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     drain_part = jnp.interp(drain_tokens, jnp.concatenate([jnp.zeros(1), drain.ages]),
                             jnp.concatenate([jnp.zeros(1), drain.finish_s]))
     queue_e2e = decode_start + steady_tokens * token_time + drain_part
+    # A request admitted in the fill whose output ends within the shrink, before the
+    # shrink would preempt it, finishes there, at the shrink's pace per token of age.
+    shrink_pace = shrink_time / jnp.maximum(shrink_age, 1.0)
+    ends_in_shrink = in_fill & (outputs - 1.0 <= jnp.where(kept, shrink_age, victim_age))
+    queue_e2e = jnp.where(ends_in_shrink, fill_ttft + first_token + (outputs - 1.0) * shrink_pace, queue_e2e)
 
     cohort_finish = jnp.interp(inputs.output_values, drain.ages, drain.finish_s)[None, :]
     cohort_e2e = fill_ttft + first_token + cohort_finish
@@ -685,18 +784,20 @@ def _output_cv2(inputs: ModelInputs, moments: Moments):
     return variance / moments.mean_output**2
 
 
-def _e2e_from(inputs, ttft_values, ttft_weights, token_time):
+def _e2e_from(inputs, ttft_values, ttft_weights, token_time, preempted_s=0.0):
+    """End-to-end latency: TTFT, a token time per further token, and ``preempted_s`` spent preempted."""
     outputs = inputs.output_values
-    values = (ttft_values[:, None] + (outputs[None, :] - 1.0) * token_time).reshape(-1)
+    after_first = jnp.where(outputs > 1.0, (outputs - 1.0) * token_time + preempted_s, 0.0)
+    values = (ttft_values[:, None] + after_first[None, :]).reshape(-1)
     weights = (ttft_weights[:, None] * inputs.output_probabilities[None, :]).reshape(-1)
     return _latency(jnp.sum(values * weights), values, weights)
 
 
-def _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_bound, budget,
+def _steady_result(inputs, dp, running, steady, moments, thrash, preempted_s, ttft, e2e, kv_bound, budget,
                    keeps_up, max_rate, capacity, demand):
+    """Assemble a steady-state result; ``preempted_s`` is the time a request spends preempted."""
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
-    preemption_delay = thrash / completion_rate
-    tpot_value = steady.decode_time + preemption_delay * moments.mean_inverse_output
+    tpot_value = steady.decode_time + preempted_s * moments.mean_inverse_output
     tpot = Latency(mean=tpot_value, p50=tpot_value, p90=tpot_value, p99=tpot_value)
     return ReplicaResult(
         makespan_s=jnp.nan,
@@ -796,7 +897,7 @@ def rate_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp
     unstable = Latency(mean=nan, p50=nan, p90=nan, p99=nan)
     ttft = jax.tree_util.tree_map(lambda a, b: jnp.where(keeps_up, a, b), ttft, unstable)
     e2e = jax.tree_util.tree_map(lambda a, b: jnp.where(keeps_up, a, b), e2e, unstable)
-    return _steady_result(inputs, dp, running, steady, moments, 0.0, ttft, e2e,
+    return _steady_result(inputs, dp, running, steady, moments, 0.0, 0.0, ttft, e2e,
                           running >= kv_running * 0.9999, budget, keeps_up, max_rate, capacity, running)
 
 
@@ -816,20 +917,26 @@ def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp,
     waiting = clients > running * 1.0001
     headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
     tail = tail_preemptions(inputs, moments, running, headroom)
-    thrash = jnp.where(waiting, tail.per_request * uncovered_growth_share(
-        inputs, moments, jnp.minimum(running, budget)), 0.0)
+    uncovered = uncovered_growth_share(inputs, moments, jnp.minimum(running, budget))
+    thrash = jnp.where(waiting, tail.per_request * uncovered, 0.0)
 
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, tail.victim_context)
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
-    queue_wait = jnp.maximum(clients - running, 0.0) / completion_rate
+    # Little's law gives the time a client spends without a running request. Part of it
+    # comes after the first token. A request admitted at the end of a full pool is
+    # preempted while the requests ahead outgrow its slack, and after each preemption it
+    # waits for a completion to free blocks. That part is latency between tokens.
+    victim_wait = jnp.where(waiting, _preempted_seconds(tail, uncovered, thrash, steady, completion_rate), 0.0)
+    total_wait = jnp.maximum(clients - running, 0.0) / completion_rate
+    queue_wait = jnp.maximum(total_wait - victim_wait, 0.0)
     ttft_values = queue_wait + _prompt_prefill_s(inputs, layout, tp, pp, steady, budget, moments)
     weights = inputs.prompt_probabilities
     ttft = _latency(jnp.sum(weights * ttft_values), ttft_values, weights)
-    token_time = steady.decode_time + thrash / completion_rate * moments.mean_inverse_output
-    e2e = _e2e_from(inputs, ttft_values, weights, token_time)
+    preempted_s = jnp.minimum(victim_wait, total_wait)
+    e2e = _e2e_from(inputs, ttft_values, weights, steady.decode_time, preempted_s)
 
     slots = jnp.maximum(jnp.minimum(running_limit(max_num_seqs, budget), kv_running), 1.0)
     saturated = _steady_round(inputs, layout, tp, pp, budget, slots, moments, 0.0)
     max_rate = dp * slots / (moments.mean_output * saturated.token_time)
-    return _steady_result(inputs, dp, running, steady, moments, thrash, ttft, e2e, kv_bound, budget,
+    return _steady_result(inputs, dp, running, steady, moments, thrash, preempted_s, ttft, e2e, kv_bound, budget,
                           jnp.array(True), max_rate, capacity, demand)

@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from kvplan.costmodel.hardware import kv_memory, round_time, select_layout
+from kvplan.costmodel.hardware import apply_expert_parallel, kv_memory, round_time, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs
 
 # Buckets of the age grid. The bucket width (``delta``, in tokens and in rounds per step)
@@ -361,7 +361,8 @@ def _replica_parts(inputs: ModelInputs, config: ConfigBatch):
     pp = config.pp.astype(jnp.float32)
     max_num_seqs = config.max_num_seqs.astype(jnp.float32)
     max_num_batched_tokens = config.max_num_batched_tokens.astype(jnp.float32)
-    layout = select_layout(inputs, config.i_tp, config.i_pp)
+    layout = apply_expert_parallel(inputs, select_layout(inputs, config.i_tp, config.i_pp),
+                                   config.dp.astype(jnp.float32), tp, pp, config.enable_expert_parallel)
     memory = kv_memory(inputs, layout, tp, max_num_seqs, max_num_batched_tokens, config.gpu_memory_utilization)
     return layout, memory, tp, pp, max_num_seqs, max_num_batched_tokens
 

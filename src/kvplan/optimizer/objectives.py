@@ -147,9 +147,11 @@ def _check_defined(plan: Plan, objective: ObjectiveMetric) -> None:
             f"'{plan.workload.name}' uses {plan.workload.arrival_mode}; choose another metric, such as "
             "output_tokens_per_s_per_gpu"
         )
-    if objective.name == "cost_per_million_tokens" and plan.node.price_per_gpu_hour is None:
+    # With search.node, every deployment runs on one of those node types.
+    unpriced = [node for node in plan.search.node or (plan.node,) if node.price_per_gpu_hour is None]
+    if objective.name == "cost_per_million_tokens" and unpriced:
         raise KvplanError(
-            f"objective cost_per_million_tokens needs a price, but node '{plan.node.name}' has no "
+            f"objective cost_per_million_tokens needs a price, but node '{unpriced[0].name}' has no "
             "price_per_gpu_hour; set it in the node spec"
         )
 

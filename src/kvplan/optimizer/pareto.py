@@ -4,6 +4,10 @@ A deployment dominates another when it is at least as good in every objective an
 better in one. The Pareto front of a search is the set of evaluated deployments that
 are feasible, meet the SLA, have a value for every objective and are dominated by no
 other such deployment. :func:`non_dominated` computes it exactly, with no tolerance.
+
+The search keeps its trials in an Optuna study with one direction per objective, in
+memory or in a storage, like the single-objective search (see
+:mod:`kvplan.optimizer.studies`), so it can be resumed and shared by worker processes.
 """
 
 from __future__ import annotations
@@ -11,17 +15,22 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from typing import Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 
 import numpy as np
 import optuna
 
 from kvplan.costmodel.evaluate import CostModel, Deployment, Evaluation
-from kvplan.optimizer.objectives import ObjectiveMetric, objective_values, resolve_objectives
-from kvplan.optimizer.search import DEFAULT_TRIALS, SCHEMA_VERSION, _summaries, sla_violations
+from kvplan.optimizer.objectives import METRICS, ObjectiveMetric, objective_values, resolve_objectives
+from kvplan.optimizer.search import (DEFAULT_TRIALS, SCHEMA_VERSION, ask_batch, _distributions, _summaries,
+                                     _trial_params, sla_violations)
 from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, SearchSpace, build_search_space
+from kvplan.optimizer.variants import VariantCostModel
 from kvplan.spec.errors import KvplanError
 from kvplan.spec.types import Plan
+
+if TYPE_CHECKING:
+    from kvplan.optimizer.studies import StorageURL
 
 logger = logging.getLogger("kvplan")
 
@@ -247,6 +256,10 @@ def optimize_pareto(
     sampler: str = DEFAULT_SAMPLER,
     batch_size: int = TRIALS_PER_BATCH,
     polish: bool = True,
+    storage: str | None = None,
+    study_name: str | None = None,
+    n_jobs: int = 1,
+    progress: Callable[[int, int, int], None] | None = None,
 ) -> ParetoResult:
     """Search the plan's space for the Pareto front of ``objectives``.
 
@@ -255,6 +268,14 @@ def optimize_pareto(
     evaluates the neighbours of every front deployment until the front stops changing.
     ``exhaustive`` evaluates every point of the space instead, which gives the exact
     front of the space.
+
+    ``storage``, ``study_name`` and ``n_jobs`` keep the trials in a stored study, resume
+    it and share it between worker processes as in :func:`kvplan.optimizer.search.optimize`.
+    The study records the objectives, and a search with other objectives is rejected.
+    ``progress(done, total, front_size)`` is called after each batch of trials with the
+    trials done by this call and the size of the front so far, stored trials included.
+    Ctrl-C raises :class:`kvplan.optimizer.studies.SearchInterrupted`, whose ``result``
+    is the ParetoResult of the completed trials.
     """
     objectives = resolve_objectives(plan, objectives)
     if sampler not in SAMPLERS:
@@ -262,9 +283,12 @@ def optimize_pareto(
     if batch_size < 1:
         raise KvplanError(f"batch_size must be at least 1, but got {batch_size}")
     space = build_search_space(plan)
-    model = CostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
+    model = VariantCostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
 
     if exhaustive:
+        if storage is not None or n_jobs != 1:
+            raise KvplanError("--exhaustive evaluates every deployment in one process without Optuna, so it "
+                              "keeps no study; drop --storage and --n-jobs, or drop --exhaustive")
         if space.size > MAX_EXHAUSTIVE_POINTS:
             raise KvplanError(
                 f"the search space has {space.size:,} points, more than --exhaustive enumerates "
@@ -275,15 +299,83 @@ def optimize_pareto(
     trials = DEFAULT_TRIALS if trials is None else trials
     if trials < 1:
         raise KvplanError(f"trials must be at least 1, but got {trials}")
-    evaluated = sample_front(plan, model, space, objectives, trials=trials, seed=seed, sampler=sampler,
-                             batch_size=batch_size)
-    if polish:
-        _polish_front(plan, model, space, objectives, evaluated, trials * POLISH_EVALUATIONS_PER_TRIAL)
+    if n_jobs < 1:
+        raise KvplanError(f"n_jobs must be at least 1, but got {n_jobs}")
+    settings = FrontSearch(tuple(objective.name for objective in objectives), sampler, batch_size)
+    evaluated = _front_study_search(plan, model, space, settings, trials, seed, polish=polish, storage=storage,
+                                    study_name=study_name, n_jobs=n_jobs, progress=progress)
     return _result(plan, objectives, evaluated.values(), sampler, space.size)
+
+
+# A deployment on a front and its objective values, as worker processes report it.
+FrontEntry = tuple[Deployment, tuple[float, ...]]
+
+
+@dataclasses.dataclass(frozen=True)
+class FrontSearch:
+    """The settings of a multi-objective search that its worker processes share."""
+
+    # Canonical metric names, in the order of the study's directions.
+    objectives: tuple[str, ...]
+    sampler: str
+    batch_size: int
+
+    def metrics(self) -> tuple[ObjectiveMetric, ...]:
+        return tuple(METRICS[name] for name in self.objectives)
+
+    def merged_size(self, fronts: Sequence[Sequence[FrontEntry] | None]) -> int:
+        """Return the size of the front of the deployments on any of ``fronts``.
+
+        Every deployment on the front of all the workers' evaluations is on the front
+        of its own worker's, so the merged fronts give the study's front.
+        """
+        candidates: dict[Deployment, tuple[float, ...]] = {}
+        for front in fronts:
+            candidates.update(front or ())
+        directions = [objective.direction for objective in self.metrics()]
+        return len(non_dominated(list(candidates.values()), directions))
+
+
+class _FrontTracker:
+    """The Pareto front of the evaluations seen so far, updated as batches arrive."""
+
+    def __init__(self, plan: Plan, objectives: Sequence[ObjectiveMetric], evaluations: Iterable[Evaluation]) -> None:
+        self._plan = plan
+        self._objectives = tuple(objectives)
+        self._front: dict[Deployment, tuple[float, ...]] = {}
+        self.add(evaluations)
+
+    def add(self, evaluations: Iterable[Evaluation]) -> None:
+        candidates = dict(self._front)
+        for evaluation in evaluations:
+            values = self._front_values(evaluation)
+            if values is not None:
+                candidates[evaluation.config] = values
+        deployments = list(candidates)
+        directions = [objective.direction for objective in self._objectives]
+        kept = non_dominated([candidates[deployment] for deployment in deployments], directions)
+        self._front = {deployments[index]: candidates[deployments[index]] for index in kept}
+
+    def _front_values(self, evaluation: Evaluation) -> tuple[float, ...] | None:
+        """Return the objective values of a deployment that may be on the front, else None."""
+        if not evaluation.feasible or sla_violations(self._plan, evaluation):
+            return None
+        values = objective_values(self._objectives, evaluation.metrics)
+        if any(value is None or not math.isfinite(value) for value in values):
+            return None
+        return values
+
+    @property
+    def size(self) -> int:
+        return len(self._front)
+
+    def entries(self) -> list[FrontEntry]:
+        return list(self._front.items())
 
 
 def _make_sampler(name: str, seed: int, trials: int, batch_size: int) -> optuna.samplers.BaseSampler:
     if name == "tpe":
+        # A resumed study with ``batch_size`` completed trials goes straight to TPE.
         return optuna.samplers.TPESampler(seed=seed, multivariate=True, n_startup_trials=min(batch_size, trials))
     if name == "nsga2":
         # One generation per batch, so each batch is bred from the last one's results.
@@ -291,71 +383,162 @@ def _make_sampler(name: str, seed: int, trials: int, batch_size: int) -> optuna.
     return optuna.samplers.RandomSampler(seed=seed)
 
 
-def sample_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: Sequence[ObjectiveMetric], *,
-                 trials: int, seed: int, sampler: str, batch_size: int) -> dict[Deployment, Evaluation]:
-    """Run ``trials`` trials of a multi-objective Optuna study; return every evaluation."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        directions=[objective.direction for objective in objectives],
-        sampler=_make_sampler(sampler, seed, trials, batch_size),
-    )
-    layouts_by_label = {layout.label: layout for layout in space.layouts}
-    # Optuna needs finite values; a deployment without values gets these worst ones and
-    # a violated constraint, so the samplers rank it behind every feasible one.
+def _optuna_values(plan: Plan, objectives: Sequence[ObjectiveMetric],
+                   evaluation: Evaluation) -> tuple[list[float], float]:
+    """Return (values for Optuna, constraint violation); violation > 0 is infeasible.
+
+    Optuna needs finite values, so a deployment without values gets the worst value of
+    every objective and a violated constraint, and the samplers rank it behind every
+    feasible one.
+    """
     worst = [1e30 if objective.direction == "minimize" else -1e30 for objective in objectives]
-    evaluated: dict[Deployment, Evaluation] = {}
+    values = objective_values(objectives, evaluation.metrics) if evaluation.feasible else None
+    if values is None or None in values:
+        return worst, 1.0
+    violation = float(len(sla_violations(plan, evaluation)))
+    return [value if math.isfinite(value) else bound for value, bound in zip(values, worst)], violation
 
-    remaining = trials
-    # Once every point of the space has been evaluated, further trials could only repeat one.
-    while remaining > 0 and len(evaluated) < space.size:
-        size = min(batch_size, remaining)
-        remaining -= size
-        asked = []
-        for _ in range(size):
-            trial = study.ask()
-            layout = layouts_by_label[trial.suggest_categorical("layout", list(layouts_by_label))]
-            deployment = Deployment(
-                dp=layout.dp,
-                tp=layout.tp,
-                pp=layout.pp,
-                max_num_seqs=trial.suggest_categorical("max_num_seqs", list(space.max_num_seqs)),
-                max_num_batched_tokens=trial.suggest_categorical(
-                    "max_num_batched_tokens", list(space.max_num_batched_tokens)
-                ),
-                gpu_memory_utilization=trial.suggest_categorical(
-                    "gpu_memory_utilization", list(space.gpu_memory_utilization)
-                ),
-            )
-            asked.append((trial, deployment))
 
-        fresh = list({deployment for _, deployment in asked if deployment not in evaluated})
-        for deployment, evaluation in zip(fresh, model.evaluate(fresh)):
-            evaluated[deployment] = evaluation
+def _front_study_search(plan: Plan, model: CostModel, space: SearchSpace, settings: FrontSearch, trials: int,
+                        seed: int, *, polish: bool, storage: str | None, study_name: str | None, n_jobs: int,
+                        progress: Callable[[int, int, int], None] | None) -> dict[Deployment, Evaluation]:
+    """Run the sampler and the polish in a study: in memory, or resumed from ``storage``.
 
-        for trial, deployment in asked:
-            evaluation = evaluated[deployment]
-            values = objective_values(objectives, evaluation.metrics) if evaluation.feasible else None
-            if values is None or None in values:
-                trial.set_constraint("fits_and_meets_sla", 1.0)
-                study.tell(trial, worst)
-                continue
-            trial.set_constraint("fits_and_meets_sla", float(len(sla_violations(plan, evaluation))))
-            study.tell(trial, [value if math.isfinite(value) else bound for value, bound in zip(values, worst)])
-    logger.debug("%s evaluated %d distinct deployments in %d trials", sampler, len(evaluated), trials)
+    Returns every evaluation the study holds, those of earlier runs included.
+    """
+    from kvplan.optimizer import studies
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objectives = settings.metrics()
+    directions = [objective.direction for objective in objectives]
+    sampler = _make_sampler(settings.sampler, seed, trials, settings.batch_size)
+    with (studies.opened_study(plan, storage, study_name, n_jobs, directions, sampler,
+                               objectives=settings.objectives) as (study, url),
+          studies.graceful_stop(announce=True)):
+        display = url.display if url is not None else "memory"
+        evaluated = studies.evaluations_in_study(study)
+        trials_before = len(study.trials)
+        front = _FrontTracker(plan, objectives, evaluated.values())
+        if progress is not None:
+            progress(0, trials, front.size)
+        try:
+            if n_jobs > 1:
+                studies.run_workers(plan, url, study.study_name, trials, seed, n_jobs, directions[0],
+                                    progress=progress, initial_best=front.entries(), front_search=settings)
+                evaluated.update(studies.evaluations_in_study(study))
+            else:
+                def report(done: int) -> None:
+                    if progress is not None:
+                        progress(done, trials, front.size)
+
+                _sample_front(plan, model, space, objectives, study, trials, settings.batch_size, evaluated, front,
+                              on_batch=report)
+            logger.debug("%s evaluated %d distinct deployments in %d trials", settings.sampler, len(evaluated),
+                         trials)
+            if polish:
+                _polish_front(plan, model, space, objectives, evaluated, trials * POLISH_EVALUATIONS_PER_TRIAL,
+                              study=study)
+        except KeyboardInterrupt:
+            # Rank what the study holds: the trials completed before Ctrl-C.
+            evaluated = studies.evaluations_in_study(study)
+            result = _result(plan, objectives, evaluated.values(), settings.sampler, space.size)
+            raise studies.SearchInterrupted(result, study.study_name if storage else None,
+                                            display if storage else None) from None
+        if storage is not None:
+            logger.info("study %s in %s: %d trials, %d added by this search", study.study_name, display,
+                        len(study.trials), len(study.trials) - trials_before)
     return evaluated
 
 
+def search_front_in_study(plan: Plan, storage: StorageURL, study_name: str, settings: FrontSearch, trials: int,
+                          seed: int, *, on_batch: Callable[[int, list[FrontEntry]], None] | None = None) -> None:
+    """Run ``trials`` trials of the multi-objective study ``study_name``; the body of a worker process.
+
+    ``on_batch(done, front)`` gets the trials done and the front of the deployments this
+    worker has read or evaluated: the study's when it started, and its own since.
+    """
+    from kvplan.optimizer import studies
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    objectives = resolve_objectives(plan, settings.objectives)
+    directions = [objective.direction for objective in objectives]
+    space = build_search_space(plan)
+    model = VariantCostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
+    with studies.opened_storage(storage) as opened:
+        sampler = _make_sampler(settings.sampler, seed, trials, settings.batch_size)
+        study = studies.create_or_load_study(plan, opened, study_name, directions, sampler,
+                                             storage_display=storage.display, objectives=settings.objectives)
+        evaluated = studies.evaluations_in_study(study)
+        front = _FrontTracker(plan, objectives, evaluated.values())
+
+        def report(done: int) -> None:
+            if on_batch is not None:
+                on_batch(done, front.entries())
+
+        _sample_front(plan, model, space, objectives, study, trials, settings.batch_size, evaluated, front,
+                      on_batch=report)
+
+
+def _sample_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: Sequence[ObjectiveMetric],
+                  study: optuna.Study, trials: int, batch_size: int, evaluated: dict[Deployment, Evaluation],
+                  front: _FrontTracker, *, on_batch: Callable[[int], None] | None = None) -> None:
+    """Ask ``study`` for ``trials`` trials in batches, evaluate each batch at once and tell the results.
+
+    ``evaluated`` and ``front`` gain every new evaluation. Each told trial stores its
+    deployment and prediction (see :mod:`kvplan.optimizer.studies`). A stop requested
+    with Ctrl-C ends the search between batches. A KeyboardInterrupt inside a batch (a
+    second Ctrl-C) marks the batch's untold trials failed and propagates.
+    """
+    from kvplan.optimizer import studies
+
+    distributions = _distributions(space)
+    layouts_by_label = {layout.label: layout for layout in space.layouts}
+    done = 0
+    # Once every point of the space has been evaluated, further trials could only repeat one.
+    while done < trials and len(evaluated) < space.size:
+        # Ctrl-C stops the search here, between batches, where no trial is left untold.
+        studies.raise_if_stop_requested()
+        size = min(batch_size, trials - done)
+        untold: list[optuna.Trial] = []
+        try:
+            asked = ask_batch(study, distributions, layouts_by_label, size, untold)
+
+            fresh = list({deployment for _, deployment in asked if deployment not in evaluated})
+            fresh_evaluations = model.evaluate(fresh)
+            for deployment, evaluation in zip(fresh, fresh_evaluations):
+                evaluated[deployment] = evaluation
+            front.add(fresh_evaluations)
+
+            for trial, deployment in asked:
+                evaluation = evaluated[deployment]
+                values, violation = _optuna_values(plan, objectives, evaluation)
+                studies.record_evaluation(trial, evaluation, violation, studies.SOURCE_TPE)
+                study.tell(trial, values)
+                untold.remove(trial)
+        except KeyboardInterrupt:
+            studies.fail_trials(study, untold)
+            raise
+        done += size
+        if on_batch is not None:
+            on_batch(done)
+
+
 def _polish_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: Sequence[ObjectiveMetric],
-                  evaluated: dict[Deployment, Evaluation], max_evaluations: int) -> None:
+                  evaluated: dict[Deployment, Evaluation], max_evaluations: int, *,
+                  study: optuna.Study | None = None) -> None:
     """Evaluate the neighbours of front deployments until the front stops changing.
 
     While the front is empty, the neighbours of the best-ranked feasible deployments are
     tried instead, as the single-objective polish does. Stops early after
-    ``max_evaluations`` evaluations.
+    ``max_evaluations`` evaluations. With a ``study``, each evaluated neighbour is added
+    to it as a completed trial, so a stored study keeps the polish's finds.
     """
+    from kvplan.optimizer import studies
+
     explored: set[Deployment] = set()
     spent = 0
     while spent < max_evaluations:
+        studies.raise_if_stop_requested()
         ranked = rank_points(plan, objectives, evaluated.values())
         leaders = [point.evaluation.config for point in ranked if point.on_front]
         if not leaders:
@@ -367,6 +550,22 @@ def _polish_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: 
         candidates = {n for deployment in frontier for n in space.neighbours(deployment)} - set(evaluated)
         candidates = sorted(candidates, key=dataclasses.astuple)[: max_evaluations - spent]
         spent += len(candidates)
-        for deployment, evaluation in zip(candidates, model.evaluate(candidates)):
+        evaluations = model.evaluate(candidates)
+        for deployment, evaluation in zip(candidates, evaluations):
             evaluated[deployment] = evaluation
+        if study is not None:
+            _record_polish(plan, space, objectives, study, evaluations)
     logger.info("the polish stopped after %d evaluations; the front may be incomplete", spent)
+
+
+def _record_polish(plan: Plan, space: SearchSpace, objectives: Sequence[ObjectiveMetric], study: optuna.Study,
+                   evaluations: Sequence[Evaluation]) -> None:
+    from kvplan.optimizer import studies
+
+    distributions = _distributions(space)
+    trials = []
+    for evaluation in evaluations:
+        values, violation = _optuna_values(plan, objectives, evaluation)
+        trials.append(studies.completed_trial(_trial_params(evaluation.config), distributions, values, evaluation,
+                                              violation, studies.SOURCE_POLISH))
+    study.add_trials(trials)

@@ -11,9 +11,10 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Sequence
 import optuna
 
 from kvplan.costmodel.attribution import bottleneck_label
-from kvplan.costmodel.evaluate import CostModel, Deployment, Evaluation
+from kvplan.costmodel.evaluate import Deployment, Evaluation
 from kvplan.formatting import format_seconds
-from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, Layout, SearchSpace, build_search_space
+from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, OPTIONAL_AXES, Layout, SearchSpace, build_search_space
+from kvplan.optimizer.variants import VariantCostModel, check_deployment_settings
 from kvplan.spec.errors import KvplanError
 from kvplan.spec.types import Plan
 
@@ -91,7 +92,7 @@ class SearchResult:
         return None
 
     def best_per_layout(self) -> "SearchResult":
-        """Keep the best deployment of each (dp, tp, pp), re-ranked.
+        """Keep the best deployment of each (dp, tp, pp), node type and expert parallelism, re-ranked.
 
         The ranking then answers which parallel layout to run and how far each other
         layout falls short, instead of listing engine-setting variants of one layout.
@@ -100,7 +101,7 @@ class SearchResult:
         kept = []
         for result in self.results:
             config = result.evaluation.config
-            layout = (config.dp, config.tp, config.pp)
+            layout = (config.node, config.dp, config.tp, config.pp, config.enable_expert_parallel)
             if layout in seen:
                 continue
             seen.add(layout)
@@ -155,11 +156,14 @@ def _objective_direction(plan: Plan) -> tuple[str, str]:
             f"'{plan.workload.name}' uses {plan.workload.arrival_mode}; choose objective "
             "'throughput_per_gpu' or 'throughput'"
         )
-    if metric == "cost_per_million_tokens" and plan.node.price_per_gpu_hour is None:
-        raise KvplanError(
-            f"objective 'cost' needs a price, but node '{plan.node.name}' has no price_per_gpu_hour; "
-            "set it in the node spec"
-        )
+    if metric == "cost_per_million_tokens":
+        # With search.node, every deployment runs on one of those node types.
+        for node in plan.search.node or (plan.node,):
+            if node.price_per_gpu_hour is None:
+                raise KvplanError(
+                    f"objective 'cost' needs a price, but node '{node.name}' has no price_per_gpu_hour; "
+                    "set it in the node spec"
+                )
     return direction, metric
 
 
@@ -244,12 +248,15 @@ def evaluate(plan: Plan, configs: Iterable[Deployment | dict[str, Any]]) -> Sear
     deployments = [_as_deployment(plan, config) for config in configs]
     if not deployments:
         raise KvplanError("no configuration to evaluate; pass at least one, for example dp=1,tp=8")
-    model = CostModel(plan)
+    model = VariantCostModel(plan)
     ranked = _rank(plan, model.evaluate(deployments))
     return _result(plan, ranked, "evaluate", len(deployments), len(deployments))
 
 
-CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+# Keys of a configuration: the searched settings, then the optional ones, which keep
+# the plan's own setting when left out (see Deployment).
+CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "node",
+               "kv_cache_dtype", "watermark", "require_full_prompt_admission", "enable_expert_parallel")
 
 
 def _as_deployment(plan: Plan, config: Deployment | dict[str, Any]) -> Deployment:
@@ -278,7 +285,11 @@ def _as_deployment(plan: Plan, config: Deployment | dict[str, Any]) -> Deploymen
     if isinstance(utilization, bool) or not isinstance(utilization, (int, float)) or not 0 < utilization <= 1:
         raise KvplanError(f"gpu_memory_utilization must be in (0, 1], but got {utilization!r}")
     values["gpu_memory_utilization"] = float(utilization)
-    return Deployment(**values)
+    if isinstance(values.get("watermark"), int) and not isinstance(values["watermark"], bool):
+        values["watermark"] = float(values["watermark"])
+    deployment = Deployment(**values)
+    check_deployment_settings(plan, deployment)
+    return deployment
 
 
 def optimize(
@@ -302,7 +313,8 @@ def optimize(
 
     With two or three ``objectives`` (metric names such as ``"ttft_p99"``), the plan's
     objective is ignored and the search returns the Pareto front as a ``ParetoResult``
-    (see :func:`kvplan.optimizer.pareto.optimize_pareto`).
+    (see :func:`kvplan.optimizer.pareto.optimize_pareto`). ``progress`` then gets the
+    size of the front so far in place of the best value.
 
     ``storage`` is a URL such as ``sqlite:///study.db`` (see
     :func:`kvplan.optimizer.studies.parse_storage_url`). The trials then go to the study
@@ -313,17 +325,14 @@ def optimize(
     so far. Ctrl-C raises :class:`kvplan.optimizer.studies.SearchInterrupted`, whose
     ``result`` ranks the completed trials.
     """
-    if objectives is not None and (storage is not None or n_jobs != 1):
-        # TODO: keep multi-objective searches in a study too.
-        raise KvplanError("--storage and --n-jobs work with the plan's single objective only; drop them or "
-                          "the --objective options")
     if objectives is not None:
         from kvplan.optimizer.pareto import optimize_pareto
 
-        return optimize_pareto(plan, objectives, trials=trials, seed=seed, exhaustive=exhaustive)
+        return optimize_pareto(plan, objectives, trials=trials, seed=seed, exhaustive=exhaustive, storage=storage,
+                               study_name=study_name, n_jobs=n_jobs, progress=progress)
     direction, metric = _objective_direction(plan)
     space = build_search_space(plan)
-    model = CostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
+    model = VariantCostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
 
     if exhaustive:
         if storage is not None or n_jobs != 1:
@@ -369,22 +378,30 @@ def _sampler(seed: int, trials: int) -> optuna.samplers.BaseSampler:
 def _distributions(space: SearchSpace) -> dict[str, optuna.distributions.BaseDistribution]:
     """Return the Optuna distribution of each searched setting, in the order trials sample them."""
     categorical = optuna.distributions.CategoricalDistribution
-    return {
+    distributions = {
         "layout": categorical([layout.label for layout in space.layouts]),
         "max_num_seqs": categorical(list(space.max_num_seqs)),
         "max_num_batched_tokens": categorical(list(space.max_num_batched_tokens)),
         "gpu_memory_utilization": categorical(list(space.gpu_memory_utilization)),
     }
+    for name, candidates in space.optional_axes().items():
+        distributions[name] = categorical(list(candidates))
+    return distributions
 
 
 def _trial_params(deployment: Deployment) -> dict[str, Any]:
     """Return the trial parameters that :func:`_deployment_of` turns back into ``deployment``."""
-    return {
+    params = {
         "layout": Layout(deployment.dp, deployment.tp, deployment.pp).label,
         "max_num_seqs": deployment.max_num_seqs,
         "max_num_batched_tokens": deployment.max_num_batched_tokens,
         "gpu_memory_utilization": deployment.gpu_memory_utilization,
     }
+    for name in OPTIONAL_AXES:
+        value = getattr(deployment, name)
+        if value is not None:
+            params[name] = value
+    return params
 
 
 def _deployment_of(layouts_by_label: dict[str, Layout], params: dict[str, Any]) -> Deployment:
@@ -396,6 +413,7 @@ def _deployment_of(layouts_by_label: dict[str, Layout], params: dict[str, Any]) 
         max_num_seqs=params["max_num_seqs"],
         max_num_batched_tokens=params["max_num_batched_tokens"],
         gpu_memory_utilization=params["gpu_memory_utilization"],
+        **{name: params[name] for name in OPTIONAL_AXES if name in params},
     )
 
 
@@ -473,13 +491,28 @@ def search_in_study(plan: Plan, storage, study_name: str, trials: int, seed: int
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction, metric = _objective_direction(plan)
     space = build_search_space(plan)
-    model = CostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
+    model = VariantCostModel(plan, tp_values={l.tp for l in space.layouts}, pp_values={l.pp for l in space.layouts})
     with studies.opened_storage(storage) as opened:
         study = studies.create_or_load_study(plan, opened, study_name, [direction], _sampler(seed, trials),
                                              storage_display=storage.display)
         evaluated = studies.evaluations_in_study(study)
         _tpe_search(plan, model, space, direction, metric, trials, study, evaluated, on_batch=on_batch,
                     best=_best_value(plan, evaluated.values(), direction, metric))
+
+
+def ask_batch(study: optuna.Study, distributions, layouts_by_label: dict[str, Layout], size: int,
+              untold: list[optuna.Trial]) -> list[tuple[optuna.Trial, Deployment]]:
+    """Ask ``study`` for ``size`` trials and return each with its deployment.
+
+    Each trial is also appended to ``untold``, so that a caller interrupted before it
+    tells them can mark them failed.
+    """
+    asked = []
+    for _ in range(size):
+        trial = study.ask(distributions)
+        untold.append(trial)
+        asked.append((trial, _deployment_of(layouts_by_label, trial.params)))
+    return asked
 
 
 def _tpe_search(plan, model, space: SearchSpace, direction, metric, trials, study: optuna.Study,
@@ -504,11 +537,7 @@ def _tpe_search(plan, model, space: SearchSpace, direction, metric, trials, stud
         batch_size = min(TRIALS_PER_BATCH, trials - done)
         untold: list[optuna.Trial] = []
         try:
-            asked = []
-            for _ in range(batch_size):
-                trial = study.ask(distributions)
-                untold.append(trial)
-                asked.append((trial, _deployment_of(layouts_by_label, trial.params)))
+            asked = ask_batch(study, distributions, layouts_by_label, batch_size, untold)
 
             fresh = list({d for _, d in asked if d not in evaluated})
             for deployment, evaluation in zip(fresh, model.evaluate(fresh)):

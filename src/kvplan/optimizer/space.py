@@ -52,27 +52,53 @@ def _float_candidates(values: tuple[float, ...] | FloatRange) -> list[float]:
     return sorted(set(values))
 
 
+# Optional searched settings (Deployment fields that stay None unless searched), in
+# the order trials sample them. ``watermark`` is ordered, so its neighbours are the
+# adjacent candidates; the others are categories, each one a neighbour of every other.
+OPTIONAL_AXES = ("node", "kv_cache_dtype", "watermark", "require_full_prompt_admission", "enable_expert_parallel")
+_UNORDERED_AXES = ("node", "kv_cache_dtype", "require_full_prompt_admission", "enable_expert_parallel")
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchSpace:
-    """Finite candidate lists for every searched setting of one plan."""
+    """Finite candidate lists for every searched setting of one plan.
+
+    An optional axis that is None is not searched, and its Deployment field stays None.
+    """
 
     layouts: tuple[Layout, ...]
     max_num_seqs: tuple[int, ...]
     max_num_batched_tokens: tuple[int, ...]
     gpu_memory_utilization: tuple[float, ...]
+    # Node type names.
+    node: tuple[str, ...] | None = None
+    kv_cache_dtype: tuple[str, ...] | None = None
+    watermark: tuple[float, ...] | None = None
+    require_full_prompt_admission: tuple[bool, ...] | None = None
+    enable_expert_parallel: tuple[bool, ...] | None = None
+
+    def optional_axes(self) -> dict[str, tuple]:
+        """Return the candidates of each searched optional setting, by Deployment field name."""
+        return {name: getattr(self, name) for name in OPTIONAL_AXES if getattr(self, name) is not None}
 
     @property
     def size(self) -> int:
-        return (len(self.layouts) * len(self.max_num_seqs) * len(self.max_num_batched_tokens)
+        size = (len(self.layouts) * len(self.max_num_seqs) * len(self.max_num_batched_tokens)
                 * len(self.gpu_memory_utilization))
+        for candidates in self.optional_axes().values():
+            size *= len(candidates)
+        return size
 
     def deployments(self) -> list[Deployment]:
-        return [
-            Deployment(layout.dp, layout.tp, layout.pp, seqs, tokens, utilization)
-            for layout, seqs, tokens, utilization in itertools.product(
-                self.layouts, self.max_num_seqs, self.max_num_batched_tokens, self.gpu_memory_utilization
-            )
-        ]
+        optional = self.optional_axes()
+        deployments = []
+        for layout, seqs, tokens, utilization, *settings in itertools.product(
+            self.layouts, self.max_num_seqs, self.max_num_batched_tokens, self.gpu_memory_utilization,
+            *optional.values(),
+        ):
+            deployments.append(Deployment(layout.dp, layout.tp, layout.pp, seqs, tokens, utilization,
+                                          **dict(zip(optional, settings))))
+        return deployments
 
     def neighbours(self, deployment: Deployment) -> list[Deployment]:
         """Deployments one candidate step away in a single setting."""
@@ -85,8 +111,14 @@ class SearchSpace:
             ("max_num_batched_tokens", self.max_num_batched_tokens, deployment.max_num_batched_tokens),
             ("gpu_memory_utilization", self.gpu_memory_utilization, deployment.gpu_memory_utilization),
         ]
+        for name, candidates in self.optional_axes().items():
+            axes.append((name, candidates, getattr(deployment, name)))
         for name, candidates, value in axes:
-            if name == "layout":
+            if name in _UNORDERED_AXES:
+                if value not in candidates:
+                    continue
+                nearby = [candidate for candidate in candidates if candidate != value]
+            elif name == "layout":
                 if current.label not in layout_labels:
                     continue
                 index = layout_labels.index(current.label)
@@ -113,8 +145,14 @@ def build_search_space(plan: Plan) -> SearchSpace:
     """
     search = plan.search
     budget = search.gpu_budget
+    gpus_per_node = plan.node.gpus_per_node
+    if search.node:
+        # Layouts cover the largest node type; the cost model marks those over a smaller
+        # type's budget or node size infeasible.
+        budget = max(search.node_gpu_budgets)
+        gpus_per_node = max(node.gpus_per_node for node in search.node)
     dp_values = search.dp or tuple(_powers_of_two(budget))
-    tp_values = search.tp or tuple(v for v in _powers_of_two(budget) if v <= plan.node.gpus_per_node)
+    tp_values = search.tp or tuple(v for v in _powers_of_two(budget) if v <= gpus_per_node)
     pp_values = search.pp or tuple(_powers_of_two(budget))
     layouts = tuple(
         Layout(dp, tp, pp)
@@ -131,4 +169,11 @@ def build_search_space(plan: Plan) -> SearchSpace:
         max_num_seqs=tuple(_int_candidates(search.max_num_seqs)),
         max_num_batched_tokens=tuple(_int_candidates(search.max_num_batched_tokens)),
         gpu_memory_utilization=tuple(_float_candidates(search.gpu_memory_utilization)),
+        node=None if search.node is None else tuple(node.name for node in search.node),
+        kv_cache_dtype=search.kv_cache_dtype,
+        watermark=None if search.watermark is None else tuple(_float_candidates(search.watermark)),
+        require_full_prompt_admission=(None if search.require_full_prompt_admission is None
+                                       else tuple(sorted(set(search.require_full_prompt_admission)))),
+        enable_expert_parallel=(None if search.enable_expert_parallel is None
+                                else tuple(sorted(set(search.enable_expert_parallel)))),
     )

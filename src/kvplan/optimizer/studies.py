@@ -6,7 +6,8 @@ journal file, PostgreSQL or MySQL, so a later run resumes it and several process
 one or many hosts search it together. Every completed trial carries its deployment and
 the cost model's prediction as user attributes, so a stored study can be ranked and
 shown without evaluating anything again. The study itself records the plan it was made
-for, and a run with a different plan is rejected instead of mixing incomparable trials.
+for and, for a multi-objective search, its objectives. A run with a different plan or
+other objectives is rejected instead of mixing incomparable trials.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ if TYPE_CHECKING:
     import optuna
 
     from kvplan.costmodel.evaluate import Deployment, Evaluation
+    from kvplan.optimizer.pareto import FrontSearch, ParetoResult
     from kvplan.optimizer.search import SearchResult
     from kvplan.spec.types import Plan
 
@@ -48,6 +50,9 @@ FORMAT_ATTR = "kvplan.format"
 PLAN_ATTR = "kvplan.plan"
 PLAN_SHA256_ATTR = "kvplan.plan_sha256"
 OBJECTIVE_ATTR = "kvplan.objective"
+# Canonical metric names of a multi-objective study, in the order of its directions.
+# A single-objective study has no such attribute, and the plan's objective ranks it.
+OBJECTIVES_ATTR = "kvplan.objectives"
 
 # Trial user attributes: the deployment as a dict, and the prediction with the part of
 # the search that produced the trial ("tpe" or "polish").
@@ -85,11 +90,11 @@ EXIT_INTERRUPTED = 128 + signal.SIGINT
 class SearchInterrupted(KeyboardInterrupt):
     """Ctrl-C stopped a search; ``result`` ranks the deployments of the completed trials.
 
-    It is a KeyboardInterrupt, so a caller that does not look for it stops as on any
-    Ctrl-C.
+    ``result`` is a ParetoResult for a multi-objective search. It is a KeyboardInterrupt,
+    so a caller that does not look for it stops as on any Ctrl-C.
     """
 
-    def __init__(self, result: SearchResult, study_name: str | None, storage: str | None) -> None:
+    def __init__(self, result: SearchResult | ParetoResult, study_name: str | None, storage: str | None) -> None:
         super().__init__("search interrupted")
         self.result = result
         self.study_name = study_name
@@ -347,9 +352,21 @@ def _first_line(error: Exception) -> str:
 # The plan of a study
 
 
+# SearchSpace fields that are None unless the plan's search section lists them.
+OPTIONAL_SEARCH_KEYS = ("node", "node_gpu_budgets", "kv_cache_dtype", "watermark", "require_full_prompt_admission",
+                        "enable_expert_parallel")
+
+
 def plan_document(plan: Plan) -> dict[str, Any]:
     """Return the plan as a JSON-compatible dict that :func:`plan_from_document` reads back."""
-    return json.loads(json.dumps(dataclasses.asdict(plan)))
+    document = json.loads(json.dumps(dataclasses.asdict(plan)))
+    # Search settings that a plan does not list are left out, so the digest of a plan
+    # without them is the one that kvplan versions before them stored.
+    search = document.get("search", {})
+    for key in OPTIONAL_SEARCH_KEYS:
+        if search.get(key) is None:
+            search.pop(key, None)
+    return document
 
 
 def plan_from_document(document: dict[str, Any]) -> Plan:
@@ -393,7 +410,9 @@ def _decode_union(candidates: list[Any], value: Any) -> Any:
     for candidate in candidates:
         if dataclasses.is_dataclass(candidate) and isinstance(value, dict):
             return _decode(candidate, value)
-        if typing.get_origin(candidate) in (tuple, dict) and isinstance(value, (list, dict)):
+        if typing.get_origin(candidate) is tuple and isinstance(value, list):
+            return _decode(candidate, value)
+        if typing.get_origin(candidate) is dict and isinstance(value, dict):
             return _decode(candidate, value)
         if candidate in (int, float, str, bool) and isinstance(value, candidate):
             return value
@@ -402,22 +421,30 @@ def _decode_union(candidates: list[Any], value: Any) -> Any:
     raise TypeError(f"value {value!r} matches none of {candidates}")
 
 
-def plan_sha256(plan: Plan) -> str:
-    """Return a digest of everything in the plan that changes predictions or their ranking.
+def _comparable(document: dict[str, Any]) -> dict[str, Any]:
+    """Return the part of a plan document that changes predictions or their ranking.
 
-    The plan's name, source file and ``deployed`` section are left out, so renaming or
-    moving the plan keeps its studies.
+    The plan's name, source file and ``deployed`` section, and the path of the model's
+    config.json, are left out, so renaming or moving the plan or running it from another
+    folder or host keeps its studies; the config's content is in the architecture.
     """
-    document = plan_document(plan)
-    for key in ("name", "source", "deployed"):
-        document.pop(key, None)
-    text = json.dumps(document, sort_keys=True, separators=(",", ":"))
+    document = {key: value for key, value in document.items() if key not in ("name", "source", "deployed")}
+    model = document.get("model")
+    if isinstance(model, dict):
+        document["model"] = {key: value for key, value in model.items() if key != "config_path"}
+    return document
+
+
+def plan_sha256(plan: Plan) -> str:
+    """Return a digest of everything in the plan that changes predictions or their ranking."""
+    text = json.dumps(_comparable(plan_document(plan)), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _plan_differences(stored: dict[str, Any], plan: Plan) -> list[str]:
-    current = plan_document(plan)
-    keys = sorted((set(stored) | set(current)) - {"name", "source", "deployed"})
+    stored = _comparable(stored)
+    current = _comparable(plan_document(plan))
+    keys = sorted(set(stored) | set(current))
     return [key for key in keys if stored.get(key) != current.get(key)]
 
 
@@ -436,11 +463,16 @@ def create_or_load_study(
     sampler: optuna.samplers.BaseSampler,
     *,
     storage_display: str = "memory",
+    objectives: Sequence[str] | None = None,
 ) -> optuna.Study:
     """Create the plan's study in ``storage``, or load it when it exists and matches the plan.
 
-    Raises KvplanError when a study of that name exists but was made by another program
-    or for a plan with different predictions, or optimizes in other directions.
+    ``objectives`` are the canonical metric names of a multi-objective search, one per
+    direction, and None for a search of the plan's single objective.
+
+    Raises KvplanError when a study of that name exists but was made by another program,
+    for a plan with different predictions, for other objectives, or optimizes in other
+    directions.
     """
     import optuna
 
@@ -461,18 +493,24 @@ def create_or_load_study(
     if PLAN_SHA256_ATTR not in attrs:
         # The plan goes in before any trial, so a study with trials always has it.
         study.set_user_attr(FORMAT_ATTR, STUDY_FORMAT)
-        study.set_user_attr(OBJECTIVE_ATTR, plan.objective)
+        if objectives is None:
+            study.set_user_attr(OBJECTIVE_ATTR, plan.objective)
+        else:
+            study.set_user_attr(OBJECTIVES_ATTR, list(objectives))
         study.set_user_attr(PLAN_ATTR, plan_document(plan))
         study.set_user_attr(PLAN_SHA256_ATTR, fingerprint)
         return study
-    if attrs[PLAN_SHA256_ATTR] != fingerprint:
-        differences = _plan_differences(attrs.get(PLAN_ATTR) or {}, plan)
+    # Studies stored by earlier versions have a digest that covers the config path too,
+    # so a digest that differs is compared field by field before it is refused.
+    differences = [] if attrs[PLAN_SHA256_ATTR] == fingerprint else _plan_differences(attrs.get(PLAN_ATTR) or {}, plan)
+    if differences or (attrs[PLAN_SHA256_ATTR] != fingerprint and not attrs.get(PLAN_ATTR)):
         where = f" (they differ in {', '.join(differences)})" if differences else ""
         raise KvplanError(
             f"study {name!r} in {storage_display} was made for another version of the plan{where}, so its "
             "trials do not apply; choose another --study-name, or delete the study with "
             f"optuna delete-study --study-name {name!r} --storage URL"
         )
+    _check_objectives(name, storage_display, attrs, plan, objectives)
     stored_directions = [direction.name.lower() for direction in study.directions]
     if stored_directions != list(directions):
         raise KvplanError(
@@ -480,6 +518,44 @@ def create_or_load_study(
             f"{', '.join(directions)}; choose another --study-name"
         )
     return study
+
+
+def _check_objectives(name: str, storage_display: str, attrs: dict[str, Any], plan: Plan,
+                      objectives: Sequence[str] | None) -> None:
+    """Raise KvplanError when a search's objectives differ from those the study was made for."""
+    stored = attrs.get(OBJECTIVES_ATTR)
+    requested = list(objectives) if objectives is not None else None
+    if stored == requested:
+        return
+    where = f"study {name!r} in {storage_display}"
+    fix = "or choose another --study-name for a new study"
+    if stored is None:
+        raise KvplanError(
+            f"{where} is a single-objective study of the plan's objective {attrs.get(OBJECTIVE_ATTR)}, so a "
+            f"multi-objective search of {', '.join(requested)} cannot add to it; drop the --objective options "
+            f"to resume it, {fix}"
+        )
+    options = " ".join(f"--objective {metric}" for metric in stored)
+    if requested is None:
+        raise KvplanError(
+            f"{where} is a multi-objective study of {', '.join(stored)}, so a search of the plan's single "
+            f"objective {plan.objective} cannot add to it; pass {options} to resume it, {fix}"
+        )
+    raise KvplanError(
+        f"{where} is a multi-objective study of {', '.join(stored)}, not of {', '.join(requested)}; pass "
+        f"{options} to resume it, {fix}"
+    )
+
+
+def study_objectives(study: optuna.Study) -> tuple[str, ...] | None:
+    """Return the objectives of a multi-objective kvplan study, or None for a single-objective one."""
+    stored = study.user_attrs.get(OBJECTIVES_ATTR)
+    if stored is None:
+        return None
+    if not isinstance(stored, list) or not all(isinstance(name, str) for name in stored):
+        raise KvplanError(f"study {study.study_name!r} stores objectives this kvplan version cannot read "
+                          f"({stored!r})")
+    return tuple(stored)
 
 
 def load_kvplan_study(storage: optuna.storages.BaseStorage, study_name: str | None, *,
@@ -536,16 +612,19 @@ def search_storage(storage: str | None, n_jobs: int) -> Iterator[StorageURL | No
 
 @contextlib.contextmanager
 def opened_study(plan: Plan, storage: str | None, study_name: str | None, n_jobs: int, directions: Sequence[str],
-                 sampler: optuna.samplers.BaseSampler) -> Iterator[tuple[optuna.Study, StorageURL | None]]:
+                 sampler: optuna.samplers.BaseSampler, *, objectives: Sequence[str] | None = None,
+                 ) -> Iterator[tuple[optuna.Study, StorageURL | None]]:
     """Yield the study a search runs in, with the URL that worker processes open, and close it after.
 
-    The URL is None for an in-memory study.
+    The URL is None for an in-memory study. ``objectives`` are those of a multi-objective
+    search (see :func:`create_or_load_study`).
     """
     with search_storage(storage, n_jobs) as url:
         opened = open_storage(url) if url is not None else None
         try:
             study = create_or_load_study(plan, opened, study_name, directions, sampler,
-                                         storage_display=url.display if url is not None else "memory")
+                                         storage_display=url.display if url is not None else "memory",
+                                         objectives=objectives)
             yield study, url
         finally:
             close_storage(opened)
@@ -570,15 +649,19 @@ def _evaluation_record(evaluation: Evaluation, source: str) -> dict[str, Any]:
     }
 
 
-def completed_trial(params: dict[str, Any], distributions: dict[str, Any], value: float,
+def completed_trial(params: dict[str, Any], distributions: dict[str, Any], value: float | Sequence[float],
                     evaluation: Evaluation, violation: float, source: str) -> optuna.trial.FrozenTrial:
-    """Return a complete trial for a deployment evaluated outside the sampler, for ``Study.add_trials``."""
+    """Return a complete trial for a deployment evaluated outside the sampler, for ``Study.add_trials``.
+
+    ``value`` is a sequence with one value per objective in a multi-objective study.
+    """
     import optuna
 
+    values = list(value) if isinstance(value, Sequence) else [value]
     return optuna.trial.create_trial(
         params=params,
         distributions=distributions,
-        value=value,
+        values=values,
         user_attrs={CONFIG_ATTR: evaluation.config.to_dict(), EVALUATION_ATTR: _evaluation_record(evaluation, source)},
         constraints={CONSTRAINT_NAME: violation},
     )
@@ -635,13 +718,22 @@ def evaluations_in_study(study: optuna.Study) -> dict[Deployment, Evaluation]:
     return evaluated
 
 
-def result_of_study(study: optuna.Study, plan: Plan | None = None) -> SearchResult:
-    """Rank the deployments of a stored study, without evaluating anything."""
+def result_of_study(study: optuna.Study, plan: Plan | None = None) -> SearchResult | ParetoResult:
+    """Rank the deployments of a stored study, without evaluating anything.
+
+    Returns a ParetoResult, the Pareto front first, for a multi-objective study.
+    """
     from kvplan.optimizer.search import _rank, _result
     from kvplan.optimizer.space import build_search_space
 
     plan = plan or study_plan(study)
     evaluated = evaluations_in_study(study)
+    objectives = study_objectives(study)
+    if objectives is not None:
+        from kvplan.optimizer import pareto
+
+        metrics = pareto.resolve_objectives(plan, objectives)
+        return pareto._result(plan, metrics, evaluated.values(), pareto.DEFAULT_SAMPLER, build_search_space(plan).size)
     ranked = _rank(plan, evaluated.values())
     return _result(plan, ranked, "tpe", len(evaluated), build_search_space(plan).size)
 
@@ -668,7 +760,8 @@ def run_workers(
     direction: str,
     *,
     progress: ProgressCallback | None = None,
-    initial_best: float | None = None,
+    initial_best: Any = None,
+    front_search: FrontSearch | None = None,
 ) -> None:
     """Run the sampler in ``n_jobs`` local processes that share the study in ``storage``.
 
@@ -676,6 +769,12 @@ def run_workers(
     deployments. On Ctrl-C (see :func:`graceful_stop`) the workers finish their batch,
     and KeyboardInterrupt is raised once they have exited. Raises KvplanError when a
     worker fails.
+
+    With ``front_search`` the workers search for the Pareto front of its objectives and
+    ``direction`` is unused. Each worker then reports the front of the deployments it
+    knows, ``initial_best`` is the study's front before the search (see
+    :func:`kvplan.optimizer.pareto.front_entries`), and ``progress`` gets the size of the
+    front that the reported fronts make up together in place of the best value.
     """
     import multiprocessing
 
@@ -685,11 +784,11 @@ def run_workers(
     shares = trial_shares(trials, n_jobs)
     workers = [
         context.Process(target=_worker_main, name=f"kvplan-worker-{index}", daemon=True,
-                        args=(plan, storage, study_name, share, seed + index, index, messages))
+                        args=(plan, storage, study_name, share, seed + index, index, messages, front_search))
         for index, share in enumerate(shares)
     ]
     done = [0] * len(workers)
-    bests: list[float | None] = [initial_best] * len(workers)
+    bests: list[Any] = [initial_best] * len(workers)
     errors: dict[int, str] = {}
     try:
         for worker in workers:
@@ -705,7 +804,8 @@ def run_workers(
             if kind == "progress":
                 done[index], bests[index] = message[2], message[3]
                 if progress is not None:
-                    progress(sum(done), trials, _best_of(bests, direction))
+                    best = _best_of(bests, direction) if front_search is None else front_search.merged_size(bests)
+                    progress(sum(done), trials, best)
             elif kind == "error":
                 errors[index] = message[2]
     except KeyboardInterrupt:
@@ -754,7 +854,7 @@ def _stop_workers(workers: Sequence[Any]) -> None:
 
 
 def _worker_main(plan: Plan, storage: StorageURL, study_name: str, trials: int, seed: int, index: int,
-                 messages: Any) -> None:
+                 messages: Any, front_search: FrontSearch | None = None) -> None:
     """Search ``trials`` trials of the shared study in a worker process.
 
     Ctrl-C and the SIGTERM of the main process stop the worker after its current batch,
@@ -763,13 +863,19 @@ def _worker_main(plan: Plan, storage: StorageURL, study_name: str, trials: int, 
     exit_code = 0
     try:
         logging.basicConfig(level=logging.WARNING, format="kvplan: %(message)s", stream=sys.stderr)
-        from kvplan.optimizer.search import search_in_study
 
-        def report(done: int, best: float | None) -> None:
+        def report(done: int, best: Any) -> None:
             messages.put(("progress", index, done, best))
 
         with graceful_stop(announce=False, signals=(signal.SIGINT, signal.SIGTERM)):
-            search_in_study(plan, storage, study_name, trials, seed, on_batch=report)
+            if front_search is None:
+                from kvplan.optimizer.search import search_in_study
+
+                search_in_study(plan, storage, study_name, trials, seed, on_batch=report)
+            else:
+                from kvplan.optimizer.pareto import search_front_in_study
+
+                search_front_in_study(plan, storage, study_name, front_search, trials, seed, on_batch=report)
     except KeyboardInterrupt:
         exit_code = EXIT_INTERRUPTED
     except BaseException as error:  # noqa: BLE001 - the main process reports it

@@ -72,7 +72,13 @@ _ENGINE_FIELDS: Mapping[str, tuple[str, Any]] = {
 MAX_CANDIDATES = 10_000
 
 # Settings that can be held fixed under engine or searched under search, but not both.
-_SEARCHABLE_ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization")
+_SEARCHABLE_ENGINE_KEYS = ("max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "watermark",
+                           "require_full_prompt_admission")
+
+# Searched settings whose candidates are fractions; the others are integers or, for
+# the keys in _BOOLEAN_SEARCH_KEYS, booleans.
+_FRACTION_SEARCH_KEYS = ("gpu_memory_utilization", "watermark")
+_BOOLEAN_SEARCH_KEYS = ("require_full_prompt_admission",)
 
 
 def with_kind(resolved: Resolved, kind: str) -> Resolved:
@@ -280,14 +286,25 @@ def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: Source
 
     # Checks that combine sections run whenever the sections they read are valid, so a
     # problem in one referenced file does not hide the others.
+    search_nodes = _build_search_nodes(session, data, source_map, problems)
     search = None
-    if node is not None and all(is_clean(problems, (key,)) for key in ("hardware", "engine", "search")):
-        search = _build_search(session, source_map, data, node, int(hardware.get("nodes", 1)))
+    if (node is not None and search_nodes is not False
+            and all(is_clean(problems, (key,)) for key in ("hardware", "engine", "search"))):
+        search = _build_search(session, source_map, data, node, int(hardware.get("nodes", 1)), search_nodes)
     objective = None
     if node is not None and workload is not None and is_clean(problems, ("objective",)):
-        objective = _build_objective(session, source_map, data, node, workload)
+        # With search.node, the deployments run on those node types, not on hardware.node.
+        price_node = None if search_nodes else node
+        objective = _build_objective(session, source_map, data, price_node, workload)
+        if objective is not None and search_nodes:
+            objective = _check_search_node_prices(session, source_map, data, search_nodes, objective)
     if model is not None and node is not None:
         _check_compute_dtype(session, source_map, model, node)
+    if model is not None and search_nodes:
+        for index, search_node in enumerate(search_nodes):
+            _check_compute_dtype(session, source_map, model, search_node, ("search", "node", index))
+    if model is not None and search is not None:
+        _check_expert_parallel(session, source_map, model, search)
     if model is not None and node is not None and search is not None:
         _check_model_fits(session, source_map, model, node, search)
     if engine is not None and workload is not None:
@@ -296,6 +313,7 @@ def build_plan(session: LoadSession, data: Mapping[str, Any], source_map: Source
     if "deployed" in data and engine is not None and is_clean(problems, ("deployed",)):
         deployed = _build_deployed(data["deployed"], engine)
         if search is not None:
+            _check_deployed_settings(session, source_map, deployed, node, search, model)
             _check_deployed_budget(session, source_map, deployed, search)
 
     built = (model, node, workload, engine, sla, search, objective)
@@ -355,6 +373,43 @@ def resolve_reference(
     return session.resolve(data, file_origin, kind, chain + (os.path.realpath(display_path),))
 
 
+def _build_search_nodes(
+    session: LoadSession, data: Mapping[str, Any], source_map: SourceMap, problems: list[SchemaProblem]
+) -> tuple[NodeSpec, ...] | None | bool:
+    """Build the node types listed under search.node.
+
+    Returns None when the plan lists none, and False when one of them cannot be built
+    (the problem is reported).
+    """
+    spec = data.get("search")
+    if not isinstance(spec, dict) or "node" not in spec:
+        return None
+    if not is_clean(problems, ("search", "node")):
+        return False
+    nodes: list[NodeSpec] = []
+    first_index: dict[str, int] = {}
+    valid = True
+    for index, value in enumerate(spec["node"]):
+        path = ("search", "node", index)
+        resolved = resolve_reference(session, value, source_map, path, "Node")
+        built = None if resolved is None else build_node(session, resolved)
+        if built is None:
+            valid = False
+            continue
+        if built.name in first_index:
+            session.report(
+                source_map,
+                path,
+                f"node name {built.name!r} is already used by search.node[{first_index[built.name]}]; give each"
+                " node type its own name (set name: in the node spec)",
+            )
+            valid = False
+            continue
+        first_index[built.name] = index
+        nodes.append(built)
+    return tuple(nodes) if valid else False
+
+
 def _build_engine(spec: Mapping[str, Any]) -> EngineSettings:
     settings = {}
     for key, value in spec.items():
@@ -378,29 +433,20 @@ def _build_sla(session: LoadSession, source_map: SourceMap, spec: Mapping[str, A
 
 
 def _build_search(
-    session: LoadSession, source_map: SourceMap, data: Mapping[str, Any], node: NodeSpec, num_nodes: int
+    session: LoadSession,
+    source_map: SourceMap,
+    data: Mapping[str, Any],
+    node: NodeSpec,
+    num_nodes: int,
+    search_nodes: tuple[NodeSpec, ...] | None = None,
 ) -> SearchSpace | None:
     spec = data.get("search", {})
     engine = data.get("engine", {})
     start = len(session.issues)
 
-    total_gpus = num_nodes * node.gpus_per_node
-    if total_gpus > MAX_GPUS:
-        session.report(
-            source_map,
-            ("hardware", "nodes"),
-            f"{num_nodes:,} nodes of {node.gpus_per_node:,} GPUs make {total_gpus:,} GPUs, above the limit of"
-            f" {MAX_GPUS:,}; lower hardware.nodes",
-        )
+    budget = _node_budget(session, source_map, spec, node, num_nodes, ("hardware", "nodes"), "")
+    if budget is None:
         return None
-    budget = int(spec.get("gpu_budget", total_gpus))
-    if budget > total_gpus:
-        session.report(
-            source_map,
-            ("search", "gpu_budget"),
-            f"gpu_budget {budget} exceeds the {total_gpus} GPUs of {num_nodes} {node.name} node"
-            f"{'s' if num_nodes != 1 else ''}; lower it or add nodes under hardware",
-        )
 
     parallel: dict[str, tuple[int, ...] | None] = {}
     for key in ("dp", "tp", "pp"):
@@ -431,6 +477,12 @@ def _build_search(
         )
 
     choices: dict[str, Any] = {}
+    if search_nodes:
+        choices["node"] = search_nodes
+        choices["node_gpu_budgets"] = _search_node_budgets(session, source_map, spec, search_nodes, num_nodes)
+    for key in ("kv_cache_dtype", "enable_expert_parallel"):
+        if key in spec:
+            choices[key] = tuple(spec[key])
     for key in _SEARCHABLE_ENGINE_KEYS:
         if key in spec and key in engine:
             session.report(
@@ -444,14 +496,57 @@ def _build_search(
             converted = _choices(session, source_map, ("search", key), spec[key])
             if converted is not None:
                 choices[key] = converted
-        elif key in engine:
+        elif key in engine and key not in _OPTIONAL_SEARCH_KEYS:
             # A setting fixed under engine is the only candidate of the search.
-            convert = float if key == "gpu_memory_utilization" else int
+            convert = float if key in _FRACTION_SEARCH_KEYS else int
             choices[key] = (convert(engine[key]),)
 
     if len(session.issues) > start:
         return None
     return SearchSpace(gpu_budget=budget, dp=parallel["dp"], tp=parallel["tp"], pp=parallel["pp"], **choices)
+
+
+# Searched settings that stay None, the plan's own setting, unless search lists them.
+_OPTIONAL_SEARCH_KEYS = ("watermark", "require_full_prompt_admission")
+
+
+def _search_node_budgets(
+    session: LoadSession, source_map: SourceMap, spec: Mapping[str, Any], nodes: tuple[NodeSpec, ...], num_nodes: int
+) -> tuple[int, ...]:
+    """Return the GPU budget of each node type: search.gpu_budget, or all GPUs of its nodes."""
+    budgets = []
+    for index, node in enumerate(nodes):
+        budget = _node_budget(session, source_map, spec, node, num_nodes, ("search", "node", index),
+                              f" (search.node[{index}])")
+        budgets.append(int(spec.get("gpu_budget", num_nodes * node.gpus_per_node)) if budget is None else budget)
+    return tuple(budgets)
+
+
+def _node_budget(session: LoadSession, source_map: SourceMap, spec: Mapping[str, Any], node: NodeSpec,
+                 num_nodes: int, nodes_path: tuple, where: str) -> int | None:
+    """Return the GPU budget on ``num_nodes`` nodes of ``node``: search.gpu_budget, or all their GPUs.
+
+    Reports a budget above those GPUs, and returns None, after reporting it at
+    ``nodes_path``, when the nodes hold more GPUs than kvplan accepts.
+    """
+    total_gpus = num_nodes * node.gpus_per_node
+    if total_gpus > MAX_GPUS:
+        session.report(
+            source_map,
+            nodes_path,
+            f"{num_nodes:,} nodes of {node.gpus_per_node:,} GPUs make {total_gpus:,} GPUs, above the limit of"
+            f" {MAX_GPUS:,}; lower hardware.nodes",
+        )
+        return None
+    budget = int(spec.get("gpu_budget", total_gpus))
+    if budget > total_gpus:
+        session.report(
+            source_map,
+            ("search", "gpu_budget"),
+            f"gpu_budget {budget} exceeds the {total_gpus} GPUs of {num_nodes} {node.name} node"
+            f"{'s' if num_nodes != 1 else ''}{where}; lower it or add nodes under hardware",
+        )
+    return budget
 
 
 def _count_layouts(
@@ -479,8 +574,10 @@ def _count_layouts(
 
 
 def _choices(session: LoadSession, source_map: SourceMap, path: JsonPath, value: Any) -> Any:
-    is_fraction = path[-1] == "gpu_memory_utilization"
+    is_fraction = path[-1] in _FRACTION_SEARCH_KEYS
     convert = float if is_fraction else int
+    if path[-1] in _BOOLEAN_SEARCH_KEYS:
+        convert = bool
     if isinstance(value, list):
         return tuple(convert(item) for item in value)
     if not isinstance(value, dict):
@@ -519,8 +616,13 @@ def _choices(session: LoadSession, source_map: SourceMap, path: JsonPath, value:
 
 
 def _build_objective(
-    session: LoadSession, source_map: SourceMap, data: Mapping[str, Any], node: NodeSpec, workload: WorkloadSpec
+    session: LoadSession, source_map: SourceMap, data: Mapping[str, Any], node: NodeSpec | None,
+    workload: WorkloadSpec
 ) -> ObjectiveName | None:
+    """Return the plan's objective.
+
+    ``node`` is the node whose price the cost objective needs, or None to skip that check.
+    """
     name = data.get("objective")
     if name is None:
         name = "makespan" if workload.arrival_mode == "batch" else "throughput_per_gpu"
@@ -534,7 +636,7 @@ def _build_objective(
             f" uses {mode_key}; choose throughput, throughput_per_gpu or cost",
         )
         return None
-    if name == "cost" and node.price_per_gpu_hour is None:
+    if name == "cost" and node is not None and node.price_per_gpu_hour is None:
         session.report(
             source_map,
             ("objective",),
@@ -545,12 +647,49 @@ def _build_objective(
     return OBJECTIVES[name]
 
 
-def _check_compute_dtype(session: LoadSession, source_map: SourceMap, model: ModelSpec, node: NodeSpec) -> None:
+def _check_search_node_prices(
+    session: LoadSession,
+    source_map: SourceMap,
+    data: Mapping[str, Any],
+    nodes: tuple[NodeSpec, ...],
+    objective: ObjectiveName,
+) -> ObjectiveName | None:
+    """Report each search.node type without a price when the objective is cost."""
+    if objective != "cost_per_million_tokens":
+        return objective
+    unpriced = [index for index, node in enumerate(nodes) if node.price_per_gpu_hour is None]
+    for index in unpriced:
+        session.report(
+            source_map,
+            ("search", "node", index),
+            f"objective cost needs a GPU price for every node type, but node {nodes[index].name!r} has no"
+            " price_per_gpu_hour; set it in the node (for example base: h100-sxm-8 with price_per_gpu_hour: 2.5)",
+        )
+    return None if unpriced else objective
+
+
+def _check_expert_parallel(session: LoadSession, source_map: SourceMap, model: ModelSpec, search: SearchSpace) -> None:
+    """Report enable_expert_parallel: true for a model without experts."""
+    if model.architecture.moe is not None or not search.enable_expert_parallel:
+        return
+    if True in search.enable_expert_parallel:
+        index = search.enable_expert_parallel.index(True)
+        session.report(
+            source_map,
+            ("search", "enable_expert_parallel", index),
+            f"model {model.name!r} is dense (no MoE experts), so expert parallelism does not apply;"
+            " remove search.enable_expert_parallel or list only false",
+        )
+
+
+def _check_compute_dtype(
+    session: LoadSession, source_map: SourceMap, model: ModelSpec, node: NodeSpec, path: JsonPath = ("hardware", "node")
+) -> None:
     # The cost model runs the matrix multiplications in the weight dtype.
     if model.weight_dtype not in node.peak_flops_per_s:
         session.report(
             source_map,
-            ("hardware", "node"),
+            path,
             f"node {node.name!r} has no peak_flops entry for {model.weight_dtype}, the weight dtype of"
             f" model {model.name!r}",
         )
@@ -660,18 +799,48 @@ def _build_deployed(spec: Mapping[str, Any], engine: EngineSettings) -> Deployed
         max_num_seqs=int(spec.get("max_num_seqs", engine.max_num_seqs)),
         max_num_batched_tokens=int(spec.get("max_num_batched_tokens", engine.max_num_batched_tokens)),
         gpu_memory_utilization=float(spec.get("gpu_memory_utilization", engine.gpu_memory_utilization)),
+        node=spec.get("node"),
+        kv_cache_dtype=spec.get("kv_cache_dtype"),
+        watermark=float(spec["watermark"]) if "watermark" in spec else None,
+        require_full_prompt_admission=spec.get("require_full_prompt_admission"),
+        enable_expert_parallel=spec.get("enable_expert_parallel"),
     )
+
+
+def _check_deployed_settings(
+    session: LoadSession, source_map: SourceMap, deployed: DeployedConfig, node: NodeSpec, search: SearchSpace,
+    model: ModelSpec | None
+) -> None:
+    """Report a deployed node name that is no node type of the plan, and expert parallelism on a dense model."""
+    names = list(dict.fromkeys([node.name, *(search_node.name for search_node in search.node or ())]))
+    if deployed.node is not None and deployed.node not in names:
+        session.report(
+            source_map,
+            ("deployed", "node"),
+            f"node {deployed.node!r} is not a node type of this plan; use one of {', '.join(names)}"
+            " (the name of hardware.node or of a search.node entry)",
+        )
+    if deployed.enable_expert_parallel and model is not None and model.architecture.moe is None:
+        session.report(
+            source_map,
+            ("deployed", "enable_expert_parallel"),
+            f"model {model.name!r} is dense (no MoE experts), so expert parallelism does not apply;"
+            " remove enable_expert_parallel or set it to false",
+        )
 
 
 def _check_deployed_budget(
     session: LoadSession, source_map: SourceMap, deployed: DeployedConfig, search: SearchSpace
 ) -> None:
-    if deployed.gpus > search.gpu_budget:
+    # A deployment on one of the search.node types has that type's budget.
+    budgets = {node.name: budget for node, budget in zip(search.node or (), search.node_gpu_budgets or ())}
+    budget = budgets.get(deployed.node, search.gpu_budget)
+    if deployed.gpus > budget:
         session.report(
             source_map,
             ("deployed",),
             f"the deployed dp {deployed.dp} x tp {deployed.tp} x pp {deployed.pp} uses {deployed.gpus} GPUs,"
-            f" more than gpu_budget {search.gpu_budget}; correct deployed, or raise search.gpu_budget"
+            f" more than gpu_budget {budget}; correct deployed, or raise search.gpu_budget"
             " (and hardware.nodes) to the GPUs it uses",
             at_key=True,
         )

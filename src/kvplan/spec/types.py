@@ -197,11 +197,25 @@ class SearchSpace:
     max_num_seqs: tuple[int, ...] | IntRange = (256, 512, 1024, 2048, 4096)
     max_num_batched_tokens: tuple[int, ...] | IntRange = (8192,)
     gpu_memory_utilization: tuple[float, ...] | FloatRange = (0.90,)
+    # Settings searched only when the plan lists them; None holds the plan's own setting.
+    # Node types to compare, with the GPU budget of each (search.gpu_budget, or
+    # hardware.nodes times the type's gpus_per_node).
+    node: tuple[NodeSpec, ...] | None = None
+    node_gpu_budgets: tuple[int, ...] | None = None
+    kv_cache_dtype: tuple[KVCacheDtype, ...] | None = None
+    watermark: tuple[float, ...] | FloatRange | None = None
+    require_full_prompt_admission: tuple[bool, ...] | None = None
+    enable_expert_parallel: tuple[bool, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Deployment:
-    """One vLLM deployment: parallel degrees and the searched engine settings."""
+    """One vLLM deployment: parallel degrees and the searched engine settings.
+
+    The fields after ``gpu_memory_utilization`` are None unless the search varies them or
+    a config sets them; None means the plan's own setting (its node, the model's KV cache
+    dtype, the engine's watermark and admission rule, expert parallelism off).
+    """
 
     dp: int
     tp: int
@@ -209,13 +223,33 @@ class Deployment:
     max_num_seqs: int
     max_num_batched_tokens: int
     gpu_memory_utilization: float
+    # Name of the node type, one of the plan's search.node entries or hardware.node.
+    node: str | None = None
+    kv_cache_dtype: KVCacheDtype | None = None
+    watermark: float | None = None
+    require_full_prompt_admission: bool | None = None
+    # vLLM's --enable-expert-parallel: MoE experts split across the tp x dp GPUs.
+    enable_expert_parallel: bool | None = None
 
     @property
     def gpus(self) -> int:
         return self.dp * self.tp * self.pp
 
-    def to_dict(self) -> dict[str, int | float]:
-        return dataclasses.asdict(self)
+    def to_dict(self) -> dict[str, int | float | str | bool]:
+        """Return the settings as a dict, leaving out the optional ones that are None."""
+        values = dataclasses.asdict(self)
+        return {key: value for key, value in values.items()
+                if value is not None or key not in OPTIONAL_DEPLOYMENT_FIELDS}
+
+
+# Deployment fields that stay None unless searched or set, in output order.
+OPTIONAL_DEPLOYMENT_FIELDS = (
+    "node",
+    "kv_cache_dtype",
+    "watermark",
+    "require_full_prompt_admission",
+    "enable_expert_parallel",
+)
 
 
 # A plan's ``deployed`` section: the deployment running now, with the settings the
