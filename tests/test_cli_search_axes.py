@@ -122,6 +122,15 @@ def test_evaluate_config_with_axes(plan_dir):
     assert "kv_cache_dtype" not in configs[1]
 
 
+@pytest.mark.parametrize("config", ["tp=1,kv_cache_dtype=fp16", "tp=1,watermark=abc"])
+def test_evaluate_malformed_axis_value_exit_2(plan_dir, config):
+    run = run_kvplan("evaluate", str(plan_dir / "two-types.yaml"), "--config", config)
+
+    assert run.returncode == 2
+    assert "--config" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 @pytest.mark.parametrize("config, message", [
     ("tp=1,node=a100", "node 'a100' is not a node type"),
     ("tp=1,enable_expert_parallel=true", "is dense"),

@@ -35,6 +35,8 @@ DEFAULT_TOP = 10
 CONFIG_KEYS = ("dp", "tp", "pp", "max_num_seqs", "max_num_batched_tokens", "gpu_memory_utilization", "node",
                "kv_cache_dtype", "watermark", "require_full_prompt_admission", "enable_expert_parallel")
 # --config keys whose values are text or true/false rather than numbers.
+# Values of --config kv_cache_dtype (the Model spec's kv_cache_dtype values).
+KV_CACHE_DTYPE_CHOICES = ("auto", "fp8")
 _TEXT_CONFIG_KEYS = ("node", "kv_cache_dtype")
 _BOOLEAN_CONFIG_KEYS = ("require_full_prompt_admission", "enable_expert_parallel")
 
@@ -156,6 +158,9 @@ def parse_config(text: str) -> dict[str, Any]:
         if key in config:
             raise UsageError(f"--config sets {key} twice in {text!r}")
         value = value.strip()
+        if key == "kv_cache_dtype" and value not in KV_CACHE_DTYPE_CHOICES:
+            raise UsageError(f"--config kv_cache_dtype must be one of {', '.join(KV_CACHE_DTYPE_CHOICES)}, "
+                             f"but got {value!r}")
         if key in _TEXT_CONFIG_KEYS:
             config[key] = value
             continue

@@ -329,3 +329,25 @@ def test_pareto_evaluates_each_node_type():
 
     assert len(result.points) == 4
     assert capacity[("h100-sxm-8", 2)] < capacity[("h200-sxm-8", 2)]
+
+
+def test_export_csv_has_a_column_per_searched_axis(axes_plan, tmp_path):
+    from kvplan.commands.study import _export_records, _render_export_csv
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    optimize(axes_plan, trials=10, seed=0, storage=storage)
+    with studies.opened_storage(storage) as opened:
+        study = optuna.load_study(study_name=axes_plan.name, storage=opened)
+        header = _render_export_csv(_export_records(study), None).splitlines()[0].split(",")
+
+    assert set(AXES) <= set(header)
+
+
+def test_exact_ties_rank_the_same_on_every_order(axes_plan):
+    # require_full_prompt_admission changes no prediction, so its two values tie
+    # exactly; the ranking must not depend on the order the evaluations come in.
+    result = optimize(axes_plan, exhaustive=True)
+    evaluations = [ranked.evaluation for ranked in result.results]
+    reranked = evaluate(axes_plan, [e.config for e in reversed(evaluations)])
+
+    assert [r.evaluation.config for r in reranked.results] == [r.evaluation.config for r in result.results]

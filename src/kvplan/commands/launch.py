@@ -440,8 +440,8 @@ def _describe_prediction(ranked: RankedDeployment) -> str:
     ttft = (metrics.get("ttft_s") or {}).get("p99")
     parts.append(f"TTFT p99 {format_seconds(ttft)}")
     parts.append(f"KV cache {format_count(metrics.get('kv_capacity_tokens'))} tokens per replica")
-    if metrics.get("bottleneck"):
-        parts.append(f"bound by {metrics['bottleneck']}")
+    if ranked.bottleneck:
+        parts.append(f"bound by {ranked.bottleneck}")
     return ", ".join(parts)
 
 

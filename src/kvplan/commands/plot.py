@@ -397,9 +397,15 @@ def _title(latency: str) -> str:
 
 
 def _describe_config(config: dict[str, Any]) -> str:
-    return (f"dp={config['dp']} tp={config['tp']} pp={config['pp']} max_num_seqs={config['max_num_seqs']} "
+    from kvplan.output import OPTIONAL_CONFIG_COLUMNS, format_setting
+
+    text = (f"dp={config['dp']} tp={config['tp']} pp={config['pp']} max_num_seqs={config['max_num_seqs']} "
             f"max_num_batched_tokens={config['max_num_batched_tokens']} "
             f"gpu_memory_utilization={config['gpu_memory_utilization']:g}")
+    for key in OPTIONAL_CONFIG_COLUMNS:
+        if config.get(key) is not None:
+            text += f" {key}={format_setting(config[key])}"
+    return text
 
 
 def draw_figure(data: PlotData, curve: Sequence[CurvePoint], curve_note: str, latency: str):

@@ -118,8 +118,15 @@ def _variant_plan(plan: Plan, configs: list[dict[str, Any]]) -> Plan:
 
 def config_label(run: ConfigRun) -> str:
     d = run.deployment
+    from kvplan.output import OPTIONAL_CONFIG_COLUMNS, format_setting
+
     label = f"dp={d.dp},tp={d.tp},pp={d.pp},max_num_seqs={d.max_num_seqs},max_num_batched_tokens={d.max_num_batched_tokens}"
-    return label + f",gpu_memory_utilization={d.gpu_memory_utilization:g}"
+    label += f",gpu_memory_utilization={d.gpu_memory_utilization:g}"
+    for key in OPTIONAL_CONFIG_COLUMNS:
+        value = getattr(d, key)
+        if value is not None:
+            label += f",{key}={format_setting(value)}"
+    return label
 
 
 def render(args: argparse.Namespace, simulation: Simulation, times: np.ndarray,

@@ -630,16 +630,23 @@ def _render_node_types_json(args: argparse.Namespace, ranked: list[Sizing], orde
 def _render_node_types_csv(ranked: list[Sizing]) -> str:
     from kvplan.commands._tables import DEPLOYMENT_FIELDS, deployment_fields, render_csv
 
+    from kvplan.output import optional_settings_in
+
+    deployments = [sizing.chosen.deployment for sizing in ranked
+                   if sizing.chosen is not None and sizing.chosen.deployment is not None]
+    # The node has its own column; the other optional settings follow the parallel degrees.
+    optional = [key for key in optional_settings_in([d.evaluation.config for d in deployments]) if key != "node"]
     rows = []
     for rank, sizing in enumerate(ranked, start=1):
         chosen = sizing.chosen
         row = {"rank": rank, **_node_type_fields(sizing)}
-        fields = deployment_fields(chosen.deployment if chosen is not None else None)
+        fields = deployment_fields(chosen.deployment if chosen is not None else None, optional)
         row.update({key: value for key, value in fields.items() if key not in row})
         rows.append({key: ("" if value is None else value) for key, value in row.items()})
     keys = ["rank", "node", "price_per_gpu_hour", "nodes", "gpus", "cost_per_hour", "cost_per_million_tokens",
             "reason"]
-    return render_csv([*keys, *(key for key in DEPLOYMENT_FIELDS if key not in keys)], rows)
+    fields = [*DEPLOYMENT_FIELDS[:6], *optional, *DEPLOYMENT_FIELDS[6:]]
+    return render_csv([*keys, *(key for key in fields if key not in keys)], rows)
 
 
 def _render_node_types_table(args: argparse.Namespace, ranked: list[Sizing], order: str) -> str:

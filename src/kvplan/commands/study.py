@@ -366,7 +366,7 @@ def _export_records(study: optuna.Study) -> list[dict[str, Any]]:
 def _render_export_csv(records: list[dict[str, Any]], objectives: Sequence[str] | None) -> str:
     """Render the records as CSV, with a ``value.METRIC`` column per objective for a multi-objective study."""
     from kvplan.commands._tables import render_csv
-    from kvplan.output import CONFIG_COLUMNS, LATENCY_METRICS, SCALAR_METRICS, STATISTICS
+    from kvplan.output import CONFIG_COLUMNS, LATENCY_METRICS, OPTIONAL_CONFIG_COLUMNS, SCALAR_METRICS, STATISTICS
 
     latency_columns = [f"{key}_{statistic}" for key in LATENCY_METRICS for statistic in STATISTICS]
     trial_fields = list(TRIAL_FIELDS)
@@ -374,8 +374,10 @@ def _render_export_csv(records: list[dict[str, Any]], objectives: Sequence[str] 
         value_columns = [f"value.{name}" for name in objectives]
         position = trial_fields.index("value")
         trial_fields[position:position + 1] = [*value_columns, "on_front"]
-    fieldnames = [*trial_fields, *CONFIG_COLUMNS, "feasible", "infeasible_reason", "sla_met", "violations",
-                  *SCALAR_METRICS, *latency_columns]
+    # The optional settings (node, KV cache dtype, ...) get a column when some trial sets them.
+    optional = [key for key in OPTIONAL_CONFIG_COLUMNS if any(key in (record["config"] or {}) for record in records)]
+    fieldnames = [*trial_fields, *CONFIG_COLUMNS, *optional, "feasible", "infeasible_reason", "sla_met",
+                  "violations", *SCALAR_METRICS, *latency_columns]
     rows = []
     for record in records:
         row: dict[str, Any] = {field: record[field] for field in TRIAL_FIELDS if field in trial_fields}

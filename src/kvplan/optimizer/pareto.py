@@ -22,8 +22,8 @@ import optuna
 
 from kvplan.costmodel.evaluate import CostModel, Deployment, Evaluation
 from kvplan.optimizer.objectives import METRICS, ObjectiveMetric, objective_values, resolve_objectives
-from kvplan.optimizer.search import (DEFAULT_TRIALS, SCHEMA_VERSION, ask_batch, _distributions, _summaries,
-                                     _trial_params, sla_violations)
+from kvplan.optimizer.search import (DEFAULT_TRIALS, SCHEMA_VERSION, _distributions, _summaries, _trial_params,
+                                     ask_batch, config_order, sla_violations)
 from kvplan.optimizer.space import MAX_EXHAUSTIVE_POINTS, SearchSpace, build_search_space
 from kvplan.optimizer.variants import VariantCostModel
 from kvplan.spec.errors import KvplanError
@@ -215,7 +215,7 @@ def rank_points(plan: Plan, objectives: Sequence[ObjectiveMetric],
     def sort_key(point: ParetoPoint) -> tuple:
         evaluation = point.evaluation
         if not evaluation.feasible:
-            return (4, 0, 0, (), evaluation.config.gpus, dataclasses.astuple(evaluation.config))
+            return (4, 0, 0, (), evaluation.config.gpus, config_order(evaluation.config))
         signed = _signed(objectives, point.values)
         if point.on_front:
             group = 0
@@ -225,7 +225,7 @@ def rank_points(plan: Plan, objectives: Sequence[ObjectiveMetric],
             group = 3
         falls_behind = evaluation.metrics.get("keeps_up") is False
         return (group, falls_behind, len(point.violations), signed, evaluation.config.gpus,
-                dataclasses.astuple(evaluation.config))
+                config_order(evaluation.config))
 
     points.sort(key=sort_key)
     return [dataclasses.replace(point, rank=i + 1) for i, point in enumerate(points)]
@@ -548,7 +548,7 @@ def _polish_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: 
             return
         explored.update(frontier)
         candidates = {n for deployment in frontier for n in space.neighbours(deployment)} - set(evaluated)
-        candidates = sorted(candidates, key=dataclasses.astuple)[: max_evaluations - spent]
+        candidates = sorted(candidates, key=config_order)[: max_evaluations - spent]
         spent += len(candidates)
         evaluations = model.evaluate(candidates)
         for deployment, evaluation in zip(candidates, evaluations):

@@ -167,18 +167,38 @@ def _objective_direction(plan: Plan) -> tuple[str, str]:
     return direction, metric
 
 
+def config_order(config: Deployment) -> tuple:
+    """Return a key that orders deployments by their settings, field by field.
+
+    Rankings end with this key. Deployments whose predictions tie exactly then come out
+    in the same order on every run, for example when a setting changes nothing or a cost
+    depends only on GPUs and price. An unset setting (the plan's own) sorts first.
+    """
+    key = []
+    for value in dataclasses.astuple(config):
+        if value is None:
+            key.append((0, 0))
+        elif isinstance(value, str):
+            key.append((2, value))
+        else:
+            key.append((1, float(value)))
+    return tuple(key)
+
+
 def _sort_key(direction: str, ranked: RankedDeployment) -> tuple:
     """Order: SLA met, then SLA missed (keeping up before not, fewer misses first), then
-    infeasible; within a group by objective, then by fewer GPUs."""
+    infeasible; within a group by objective, then by fewer GPUs, then by the settings."""
     evaluation = ranked.evaluation
+    order = config_order(evaluation.config)
     if not evaluation.feasible:
-        return (2, False, 0, 0.0, evaluation.config.gpus)
+        return (2, False, 0, 0.0, evaluation.config.gpus, order)
     value = ranked.objective_value
     if value is None:
         value = math.inf
     signed = value if direction == "minimize" else -value
     falls_behind = evaluation.metrics.get("keeps_up") is False
-    return (0 if ranked.sla_met else 1, falls_behind, len(ranked.violations), signed, evaluation.config.gpus)
+    return (0 if ranked.sla_met else 1, falls_behind, len(ranked.violations), signed, evaluation.config.gpus,
+            order)
 
 
 def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeployment]:
@@ -505,7 +525,7 @@ def ask_batch(study: optuna.Study, distributions, layouts_by_label: dict[str, La
     """Ask ``study`` for ``size`` trials and return each with its deployment.
 
     Each trial is also appended to ``untold``, so that a caller interrupted before it
-    tells them can mark them failed.
+    reports their values can mark them failed.
     """
     asked = []
     for _ in range(size):
@@ -583,7 +603,7 @@ def _polish(plan, model, space: SearchSpace, direction, evaluated: dict[Deployme
             return
         explored.update(frontier)
         candidates = {n for d in frontier for n in space.neighbours(d)} - set(evaluated)
-        candidates = sorted(candidates, key=lambda d: dataclasses.astuple(d))
+        candidates = sorted(candidates, key=config_order)
         evaluations = model.evaluate(candidates)
         for deployment, evaluation in zip(candidates, evaluations):
             evaluated[deployment] = evaluation
