@@ -113,7 +113,7 @@ def test_dp_group_raises_kv_capacity_by_freed_bytes(deepseek):
 
     # The group stores 16 experts of each layer per GPU instead of 256 / 8 = 32.
     freed = moe_layer_count(deepseek) * (32 - 16) * expert_bytes(deepseek)
-    # The profiling pass also holds the bf16 hidden states gathered from the other DP
+    # The profiling pass also stores the bf16 hidden states gathered from the other DP
     # rank and the outputs scattered back to it, 8192 tokens each.
     gathered = 2 * (2 - 1) * 8192 * deepseek.model.architecture.hidden_size * 2
     # MLA keeps the whole 576-element bf16 latent of all 61 layers on every GPU.

@@ -64,9 +64,9 @@ def apply_expert_parallel(inputs: ModelInputs, layout: Layout, dp, tp, pp,
     form one group of dp x tp GPUs per pipeline stage, the DP ranks step in lockstep and
     gather each other's tokens before every MoE layer ("By default, expert layers form a
     tensor parallel group of size DP x TP", docs/serving/data_parallel_deployment.md).
-    Without ``--enable-expert-parallel`` each GPU of the group holds a 1/(dp x tp) slice
-    of every expert; with it, whole experts, the fullest GPU ceil(E / (dp x tp)) of them
-    in recent versions (``FusedMoEParallelConfig.make`` in
+    Without ``--enable-expert-parallel`` each GPU of the group stores a 1/(dp x tp) slice
+    of every expert. With it, each GPU stores whole experts, the fullest ceil(E / (dp x tp))
+    of them in recent versions (``FusedMoEParallelConfig.make`` in
     vllm/model_executor/layers/fused_moe/config.py, ``determine_expert_map`` in
     vllm/model_executor/layers/fused_moe/layer.py). Attention, dense MLPs, shared
     experts and the router stay tensor-parallel within each DP rank. Either way,

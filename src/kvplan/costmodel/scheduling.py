@@ -265,9 +265,9 @@ def tail_preemptions(inputs: ModelInputs, moments: Moments, running, slack_token
 def _preempted_seconds(tail: TailPreemptions, uncovered, preemptions, steady, completion_rate):
     """Seconds a request admitted at the end of a full pool spends preempted after its first token.
 
-    It is out while the requests ahead of it outgrow its slack (``tail.off_rounds``
+    It is out while the requests ahead of it outgrow its slack: ``tail.off_rounds``
     rounds, scaled like the preemption count by the growth that completions leave
-    uncovered), and after each of its ``preemptions`` it waits for the next completion
+    uncovered. After each of its ``preemptions`` it also waits for the next completion
     to free blocks before it is recomputed.
     """
     return tail.off_rounds * uncovered * steady.step.total + preemptions / completion_rate
@@ -721,8 +721,8 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     tokens_before = jnp.where(kept, jnp.minimum(outputs - 1.0, shrink_age),
                               jnp.where(is_victim, jnp.minimum(outputs - 1.0, victim_age), 0.0))
 
-    # A request admitted at the end of a full pool spends ``preempted_s`` preempted;
-    # the oldest requests, which the shrink keeps, are never the newest and never preempted.
+    # A request admitted at the end of a full pool spends ``preempted_s`` preempted. The
+    # oldest requests, which the shrink keeps, are never the newest, so LIFO never preempts them.
     token_time = steady.decode_time + jnp.where(kept, 0.0, preempted_s) / jnp.maximum(outputs - 1.0, 1.0)
     drain_start = queue_start + steady_time
     remaining = jnp.maximum(outputs - 1.0 - tokens_before, 0.0)

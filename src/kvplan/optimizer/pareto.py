@@ -482,9 +482,9 @@ def search_front_in_study(plan: Plan, storage: StorageURL, study_name: str, sett
 def _sample_front(plan: Plan, model: CostModel, space: SearchSpace, objectives: Sequence[ObjectiveMetric],
                   study: optuna.Study, trials: int, batch_size: int, evaluated: dict[Deployment, Evaluation],
                   front: _FrontTracker, *, on_batch: Callable[[int], None] | None = None) -> None:
-    """Ask ``study`` for ``trials`` trials in batches, evaluate each batch at once and tell the results.
+    """Ask ``study`` for ``trials`` trials in batches, evaluate each batch at once and report the values.
 
-    ``evaluated`` and ``front`` gain every new evaluation. Each told trial stores its
+    ``evaluated`` and ``front`` gain every new evaluation. Each completed trial stores its
     deployment and prediction (see :mod:`kvplan.optimizer.studies`). A stop requested
     with Ctrl-C ends the search between batches. A KeyboardInterrupt inside a batch (a
     second Ctrl-C) marks the batch's untold trials failed and propagates.

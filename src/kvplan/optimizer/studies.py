@@ -425,8 +425,8 @@ def _comparable(document: dict[str, Any]) -> dict[str, Any]:
     """Return the part of a plan document that changes predictions or their ranking.
 
     The plan's name, source file and ``deployed`` section, and the path of the model's
-    config.json, are left out, so renaming or moving the plan or running it from another
-    folder or host keeps its studies; the config's content is in the architecture.
+    config.json, are left out. Renaming or moving the plan, or running it from another
+    folder or host, therefore keeps its studies. The config's content is in the architecture.
     """
     document = {key: value for key, value in document.items() if key not in ("name", "source", "deployed")}
     model = document.get("model")

@@ -197,7 +197,7 @@ class SearchSpace:
     max_num_seqs: tuple[int, ...] | IntRange = (256, 512, 1024, 2048, 4096)
     max_num_batched_tokens: tuple[int, ...] | IntRange = (8192,)
     gpu_memory_utilization: tuple[float, ...] | FloatRange = (0.90,)
-    # Settings searched only when the plan lists them; None holds the plan's own setting.
+    # Settings searched only when the plan lists them; None means the plan's own setting.
     # Node types to compare, with the GPU budget of each (search.gpu_budget, or
     # hardware.nodes times the type's gpus_per_node).
     node: tuple[NodeSpec, ...] | None = None
