@@ -8,6 +8,8 @@ It evaluates every case in ``tests/reference/cases.py`` with both models (about 
 of CPU time) and prints the table that docs/model.md shows. With ``--running-sweep`` it
 runs only the reference, in closed loop, at two running counts and on the workload of
 vLLM PR 44594, and prints preemptions per request and victim contexts (about a minute).
+With ``--examples`` it compares the two on example plans at full scale, deployment by
+deployment, with seeds 0 and 1 of the reference (about two minutes).
 """
 
 from __future__ import annotations
@@ -100,13 +102,66 @@ def render_running_sweep() -> str:
     return "\n".join(lines) + "\n"
 
 
+# Example plans and deployments compared at full scale by ``--examples``.
+EXAMPLE_DEPLOYMENTS = (
+    ("qwen-32b-8xh200", {"tp": 4, "pp": 2, "max_num_seqs": 2048}),
+    ("qwen-32b-8xh200", {"dp": 8, "max_num_seqs": 256}),
+    ("llama-70b-8xh200", {"dp": 4, "tp": 2, "max_num_seqs": 512}),
+    ("llama-405b-8xh200", {"tp": 8, "max_num_seqs": 2048}),
+)
+EXAMPLE_SEEDS = (0, 1)
+
+
+def render_examples() -> str:
+    """Makespan and preemptions of example plans, cost model against reference."""
+    import kvplan
+    from kvplan.costmodel.evaluate import CostModel
+    from kvplan.optimizer.search import _as_deployment
+
+    from .cases import EXAMPLES_DIR
+    from .scheduler import draw_lengths, round_time_function
+
+    lines = ["| plan | deployment | makespan (s): kvplan | reference | ratio | preemptions: kvplan | reference | ratio |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for name, config in EXAMPLE_DEPLOYMENTS:
+        plan = kvplan.load_plan(EXAMPLES_DIR / "h200-reasoning" / f"{name}.yaml")
+        model = CostModel(plan)
+        deployment = _as_deployment(plan, config)
+        metrics = model.evaluate([deployment])[0].metrics
+        inputs = model.inputs
+        block_size = int(inputs.block_size)
+        limits = EngineLimits(deployment.max_num_seqs, deployment.max_num_batched_tokens,
+                              int(metrics["kv_capacity_tokens"]) // block_size, block_size)
+        step_time = round_time_function(model, deployment)
+        count = int(inputs.num_requests)
+        makespans, preemptions = [], []
+        for seed in EXAMPLE_SEEDS:
+            rng = np.random.default_rng(seed)
+            prompts = draw_lengths(inputs.prompt_values, inputs.prompt_probabilities, count, rng)
+            outputs = draw_lengths(inputs.output_values, inputs.output_probabilities, count, rng)
+            result = simulate(Workload(prompts, outputs, "batch", seed=seed), limits, deployment.dp, step_time)
+            makespans.append(result.makespan_s)
+            preemptions.append(result.preemptions)
+        makespan, preempted = float(np.mean(makespans)), float(np.mean(preemptions))
+        label = " ".join(f"{key}={value}" for key, value in config.items())
+        lines.append(
+            f"| {name} | {label} | {metrics['makespan_s']:,.0f} | {makespan:,.0f} | "
+            f"{metrics['makespan_s'] / makespan:.2f} | {metrics['preemptions']:,.0f} | {preempted:,.0f} | "
+            f"{metrics['preemptions'] / preempted:.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = sys.argv[1:] if argv is None else argv
     if arguments == ["--running-sweep"]:
         sys.stdout.write(render_running_sweep())
         return 0
+    if arguments == ["--examples"]:
+        sys.stdout.write(render_examples())
+        return 0
     if arguments:
-        sys.stderr.write("usage: python -m tests.reference.report [--running-sweep]\n")
+        sys.stderr.write("usage: python -m tests.reference.report [--running-sweep | --examples]\n")
         return 2
     sys.stdout.write(render_markdown())
     return 0

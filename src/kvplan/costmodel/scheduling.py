@@ -14,7 +14,9 @@ phase formulas:
   end. Rice's formula counts how often the growth of the requests ahead of a newly
   admitted one crosses its slack (``tail_preemptions``), scaled by the share of each
   round's growth that the previous round's completions do not free
-  (``uncovered_growth_share``).
+  (``uncovered_growth_share``). The tokens they hold follow from a balance: with
+  requests waiting, the growth between completions that the frees do not cover is
+  taken from victims (``recomputed_per_completion``).
 * Offline batch. Fill (prefill of the first admissions), steady state while requests
   wait, and drain (the last running requests finish with a shrinking batch; the
   longest output sets the end). A replica whose requests are all admitted at once and
@@ -123,9 +125,26 @@ def running_limit(max_num_seqs, max_num_batched_tokens):
 
 
 def preemptions_per_completion(moments: Moments, headroom_tokens):
-    """Preempted requests per completed one when ``headroom_tokens`` are kept free."""
-    growth = moments.mean_output
-    return growth * jnp.exp(-headroom_tokens / growth) / moments.running_context
+    """Preempted requests per completed one when ``headroom_tokens`` are kept free, victims holding a running context."""
+    return recomputed_per_completion(moments, 1.0, headroom_tokens) / moments.running_context
+
+
+def recomputed_per_completion(moments: Moments, uncovered, headroom_tokens):
+    """Return the KV tokens preempted, and later recomputed, per completion in a full pool.
+
+    With requests waiting, the admissions after a completion take every free block
+    above the headroom, so the growth of the running set until the next completion
+    must come from victims: the running set grows E[o] tokens per completion. The share
+    of it that the completions' frees do not cover (``uncovered``) and that exceeds the
+    headroom is preempted. With completions as a Poisson stream, the growth between two
+    of them is exponential, so E[(growth - headroom)+] = E[o] x exp(-headroom / E[o]).
+    """
+    return uncovered * moments.mean_output * jnp.exp(-headroom_tokens / moments.mean_output)
+
+
+def _victim_context(tail, thrash, recomputed):
+    """KV tokens per victim: the recomputed tokens per completion over the preemptions per completion."""
+    return jnp.where(thrash > 1e-6, recomputed / jnp.maximum(thrash, 1e-6), tail.victim_context)
 
 
 # Completions per round above which the freed tokens of a round are taken as normal,
@@ -273,6 +292,47 @@ def _preempted_seconds(tail: TailPreemptions, uncovered, preemptions, steady, co
     return tail.off_rounds * uncovered * steady.step.total + preemptions / completion_rate
 
 
+# Poisson terms of the prefill bursts in one round, in a window around the mean.
+BURST_TERMS = 16
+
+
+def bursty_round(inputs, layout, tp, pp, budget, decodes, bursts, prefill, burst_requests, kv_context,
+                 prefill_context) -> StepTime:
+    """Time a round whose ``prefill`` tokens arrive in bursts, ``bursts`` of them per round on average.
+
+    In a steady state each completion frees blocks that the admissions (and
+    recomputations) after it take at once, and vLLM prefills each of them whole within
+    the token budget. So a round carries k bursts of prefill / bursts tokens, k Poisson,
+    and when bursts are rare most rounds carry none. A round's time is a maximum of
+    compute and memory time: decodes alone are memory-bound, a round with a burst can be
+    compute-bound, and the mean round is longer than one round carrying the mean prefill
+    (Jensen's inequality). A burst larger than the budget's room spills into the rounds
+    after it, filling the least loaded first up to one level, so every round's prefill
+    is at least that level. The terms are a window of ``BURST_TERMS`` counts around the
+    mean, their weights normalized.
+    """
+    burst = prefill / jnp.maximum(bursts, 1e-9)
+    room = jnp.maximum(budget - decodes, 1.0)
+    k = jnp.maximum(jnp.floor(bursts) - BURST_TERMS // 2, 0.0) + jnp.arange(BURST_TERMS, dtype=jnp.float32)
+    log_weights = k * jnp.log(jnp.maximum(bursts, 1e-30)) - bursts - gammaln(k + 1.0)
+    weights = jnp.exp(log_weights - jnp.max(log_weights))
+    weights = weights / jnp.sum(weights)
+    carried = jnp.minimum(k * burst, room)  # ascending in k
+    # The spill level: sum of weights x max(carried, level) = prefill. On the segment
+    # between carried[j] and carried[j + 1], the level is linear in the prefill.
+    below = jnp.cumsum(weights)
+    above = jnp.sum(weights * carried) - jnp.cumsum(weights * carried)
+    levels = (prefill - above) / below
+    upper = jnp.concatenate([carried[1:], jnp.full(1, jnp.inf)])
+    on_segment = (levels >= carried) & (levels <= upper)
+    level = jnp.minimum(jnp.max(jnp.where(on_segment, levels, 0.0)), room)
+    tokens = jnp.maximum(carried, level)
+    requests = tokens * burst_requests / jnp.maximum(burst, 1e-9)
+    times = jax.vmap(lambda t, r: round_time(inputs, layout, tp, pp, decodes, t, r, kv_context, prefill_context))(
+        tokens, requests)
+    return jax.tree_util.tree_map(lambda t: jnp.sum(weights * t), times)
+
+
 class _Round(NamedTuple):
     step: StepTime
     decodes: jnp.ndarray
@@ -311,8 +371,8 @@ def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, momen
     prefill = busy_decodes * prefill_per_decode
     prefill_requests = completions * (1.0 + thrash)
     prefill_context = 0.5 * (moments.mean_prompt + thrash * victim_context) / (1.0 + thrash)
-    step = round_time(inputs, layout, tp, pp, busy_decodes, prefill, prefill_requests,
-                      busy_decodes * moments.running_context, prefill_context)
+    step = bursty_round(inputs, layout, tp, pp, max_num_batched_tokens, busy_decodes, completions, prefill,
+                        1.0 + thrash, busy_decodes * moments.running_context, prefill_context)
     token_time = step.total * busy / busy_decodes
     prefill_wait = jnp.maximum(busy - busy_decodes, 0.0) * step.total / jnp.maximum(prefill_requests, 1e-9)
     decodes = busy_decodes * jnp.minimum(running, 1.0)
@@ -449,7 +509,6 @@ class _Shrink(NamedTuple):
     seconds: jnp.ndarray
     tokens: jnp.ndarray
     ages: jnp.ndarray  # tokens each surviving request gained during the shrink
-    victim_age: jnp.ndarray  # mean age of a request when the shrink preempts it
 
 
 # Quadrature points of the shrink phase.
@@ -479,7 +538,6 @@ def _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running) 
         seconds=seconds,
         tokens=jnp.sum(width * alive),
         ages=end_age,
-        victim_age=0.5 * end_age,
     )
 
 
@@ -501,33 +559,46 @@ def _lockstep_peak(inputs: ModelInputs, moments: Moments, requests):
 VICTIM_ORDER_POINTS = 32
 
 
-def _lockstep_victims(inputs: ModelInputs, moments: Moments, requests, usable):
-    """Return how many of ``requests`` admitted together are preempted at least once.
+def _lockstep_overflow(inputs: ModelInputs, moments: Moments, orders, usable):
+    """Return the age at which admission order ``orders`` first overflows the pool, and its survival.
 
     At age k the request of admission order i still runs while the requests up to it
-    hold i x P(o >= k) x (prompt + k) tokens or fewer; LIFO preempts from the end. So
-    order i is first preempted at the earliest age k_i where that demand exceeds the
-    pool, if it is still running then, with probability P(o >= k_i). Orders below
-    usable / max_k P(o >= k)(prompt + k) always fit.
+    hold i x P(o >= k) x (prompt + k) tokens or fewer; LIFO preempts from the end, so
+    the requests behind it do not matter. Between two output lengths P(o >= k) is
+    constant, so on each such segment the demand grows linearly and reaches the pool at
+    k = usable / (i x P(o >= k)) - prompt. The earliest such age is the order's first
+    preemption, infinite for an order that always fits, and the order is still running
+    then with probability P(o >= k).
+    """
+    o = inputs.output_values
+    w = inputs.output_probabilities
+    at_least = jnp.where(w > 0, jnp.sum(jnp.where(o[None, :] >= o[:, None], w[None, :], 0.0), axis=1), 0.0)
+    segment_start = jnp.concatenate([jnp.zeros(1), o[:-1]])
+    crossing = usable / jnp.maximum(orders[:, None] * at_least[None, :], 1e-9) - moments.new_request_tokens
+    crossing = jnp.maximum(crossing, segment_start[None, :])
+    crossing = jnp.where((at_least[None, :] > 0) & (crossing <= o[None, :]), crossing, jnp.inf)
+    age = jnp.min(crossing, axis=1)
+    survival = jnp.where(jnp.isfinite(age), at_least[jnp.argmin(crossing, axis=1)], 0.0)
+    return age, survival
+
+
+def _lockstep_victims(inputs: ModelInputs, moments: Moments, requests, usable):
+    """Return how many of ``requests`` admitted together are preempted at least once, and their mean age then.
+
+    Orders below usable / max_k P(o >= k)(prompt + k) always fit. Every later order is
+    preempted if it is still running at the age where it first overflows the pool (see
+    ``_lockstep_overflow``).
     """
     o = inputs.output_values
     w = inputs.output_probabilities
     at_least = jnp.sum(jnp.where(o[None, :] >= o[:, None], w[None, :], 0.0), axis=1)
-    per_request = jnp.where(w > 0, at_least * (moments.new_request_tokens + o), 0.0)
-    # Early ages, where every request is alive: demand at age 0.
-    ages = jnp.concatenate([jnp.zeros(1), o])
-    alive = jnp.concatenate([jnp.ones(1), at_least])
-    demand = jnp.concatenate([jnp.full(1, moments.new_request_tokens), per_request])
-    safe = usable / jnp.maximum(jnp.max(demand), 1e-9)
-    first = jnp.minimum(safe, requests)
+    peak = jnp.maximum(jnp.max(jnp.where(w > 0, at_least * (moments.new_request_tokens + o), 0.0)),
+                       moments.new_request_tokens)
+    first = jnp.minimum(usable / peak, requests)
     u = (jnp.arange(VICTIM_ORDER_POINTS, dtype=jnp.float32) + 0.5) / VICTIM_ORDER_POINTS
-    orders = first + (requests - first) * u
-    over = orders[:, None] * demand[None, :] > usable
-    # The earliest such age for each order; among equal ages any index will do.
-    earliest_age = jnp.min(jnp.where(over, ages[None, :], jnp.inf), axis=1)
-    at_earliest = over & (ages[None, :] <= earliest_age[:, None])
-    survival = jnp.max(jnp.where(at_earliest, alive[None, :], 0.0), axis=1)
-    return (requests - first) * jnp.mean(survival)
+    age, survival = _lockstep_overflow(inputs, moments, first + (requests - first) * u, usable)
+    mean_age = jnp.sum(jnp.where(survival > 0, survival * age, 0.0)) / jnp.maximum(jnp.sum(survival), 1e-9)
+    return (requests - first) * jnp.mean(survival), mean_age
 
 
 def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
@@ -558,11 +629,12 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
     # Each queued request is admitted at the end of a full pool and preempted as the
     # requests ahead of it outgrow its slack, less the growth that the previous round's
-    # completions cover. The victims are young: those at the end of the running set.
+    # completions cover. The victims are those at the end of the running set, and
+    # together they hold the growth that completions do not cover.
     tail = tail_preemptions(inputs, moments, running, headroom)
-    victim_context = tail.victim_context
     uncovered = uncovered_growth_share(inputs, moments, jnp.minimum(running, budget))
     thrash = jnp.where(single_cohort, 0.0, tail.per_request * uncovered)
+    victim_context = _victim_context(tail, thrash, recomputed_per_completion(moments, uncovered, headroom))
     steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context)
     tokens_per_s = steady.decodes / steady.step.total
     completion_rate = tokens_per_s / moments.mean_output
@@ -577,18 +649,15 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     )
 
     # Over-admission: the shrink preempts ``victims`` requests that already have their
-    # first token; they wait at the front of the queue and are recomputed later.
+    # first token; they wait at the front of the queue and are recomputed later. The
+    # admitted requests grow in lockstep, and LIFO preempts an order only when the orders
+    # up to it outgrow the pool, whatever was readmitted behind it. So the first
+    # admissions whose demand fits at every age are never preempted, and the shrink
+    # keeps more of them than the steady count while their short ones finish.
     shrink = _shrink(inputs, layout, tp, pp, budget, usable, moments, admitted, running)
-    # With requests still queued, each completion admits a fresh one at the end of the
-    # pool and the shrink must go down to the steady count. With none queued (the whole
-    # replica admitted at once), only the requests that do not fit at the cohort's peak
-    # KV demand are preempted.
-    victims = jnp.where(single_cohort, 0.0, jnp.where(
-        admitted >= requests,
-        jnp.minimum(_lockstep_victims(inputs, moments, requests, usable), admitted - running),
-        admitted - running))
-    victims = jnp.maximum(victims, 0.0)
-    recompute_tokens = victims * (moments.new_request_tokens + shrink.victim_age)
+    victims, victim_age = _lockstep_victims(inputs, moments, jnp.minimum(admitted, requests), usable)
+    victims = jnp.maximum(jnp.where(single_cohort, 0.0, jnp.minimum(victims, admitted - running)), 0.0)
+    recompute_tokens = victims * (moments.new_request_tokens + victim_age)
     recompute_rounds = jnp.maximum(recompute_tokens / budget, 1.0)
     recompute_time = jnp.where(
         victims > 0,
@@ -637,9 +706,9 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     prompt_rounds = jnp.maximum(jnp.ceil(moments.mean_prompt / jnp.maximum(budget - steady.decodes, 1.0)), 1.0)
     ttft_values, e2e_values = _batch_latencies(
         inputs, moments, requests, admitted, running, victims, single_cohort, fill_time, shrink_time,
-        recompute_time, steady_time, shrink.ages, shrink.victim_age, steady, preempted_s, completion_rate, drain,
+        recompute_time, steady_time, shrink.ages, steady, preempted_s, completion_rate, drain,
         jnp.maximum((prompt_rounds - 1.0) * steady.step.total, steady.prefill_wait - steady.step.total),
-        fill_rounds,
+        fill_rounds, usable,
     )
     # No request ends after the last one: the phases' joins can overshoot by a little
     # (the slowest replica's extra work is spread over the steady phase), so latencies
@@ -675,13 +744,14 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
 
 
 def _batch_latencies(inputs, moments, requests, admitted, running, victims, single_cohort, fill_time,
-                     shrink_time, recompute_time, steady_time, shrink_age, victim_age, steady, preempted_s,
-                     completion_rate, drain, prompt_rounds_time, fill_rounds):
+                     shrink_time, recompute_time, steady_time, shrink_age, steady, preempted_s,
+                     completion_rate, drain, prompt_rounds_time, fill_rounds, usable):
     """TTFT by admission order and end-to-end latency by (admission order, output length).
 
     Requests are served in order. The first ``admitted`` get their first token during the
-    fill; of those, the last ``victims`` are preempted by the shrink and wait at the
-    front of the queue for completions to free their blocks; the rest are admitted one
+    fill. Of those, the last ``victims`` are preempted by the shrink, each at the age its
+    order first overflows the pool. They wait at the front of the queue for completions to
+    free their blocks; the rest are admitted one
     per completion after them. Every request decodes at the steady token time until the
     queue is empty, then at the drain's pace: a request with k tokens left when the
     drain starts ends when the drain's cohort reaches age k. A single cohort finishes a
@@ -694,7 +764,8 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     first_token = steady.step.total
     # Admissions from the queue are spread over the steady phase, which ends with the
     # last one; this keeps every request's latency within the makespan.
-    admission_rate = jnp.maximum(requests - running, 1.0) / jnp.maximum(steady_time, 1e-9)
+    kept_count = admitted - victims
+    admission_rate = jnp.maximum(requests - kept_count, 1.0) / jnp.maximum(steady_time, 1e-9)
     admission_rate = jnp.where(steady_time > 0, admission_rate, completion_rate)
 
     in_fill = order < admitted
@@ -708,15 +779,18 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     # requests are admitted at one rate from the fill to the drain.
     admitting_time = shrink_time + recompute_time + steady_time
     queue_rate = jnp.where(admitting_time > 0,
-                           jnp.maximum(requests - running, 1.0) / jnp.maximum(admitting_time, 1e-9),
+                           jnp.maximum(requests - kept_count, 1.0) / jnp.maximum(admitting_time, 1e-9),
                            completion_rate)
     queued_ttft = fill_time + (order - admitted + victims) / queue_rate + prompt_rounds_time
     ttft = jnp.where(in_fill, fill_ttft, queued_ttft + first_token)
 
     # Where each request starts its steady decoding, and the tokens it already has.
-    kept = order < running
+    kept = order < kept_count
     is_victim = in_fill & ~kept
-    victim_start = queue_start + (order - running) / admission_rate
+    victim_start = queue_start + (order - kept_count) / admission_rate
+    # A victim keeps the tokens it had generated when its order first overflowed the pool.
+    overflow_age, _ = _lockstep_overflow(inputs, moments, order[:, 0] + 1.0, usable)
+    victim_age = jnp.minimum(overflow_age, shrink_age)[:, None]
     decode_start = jnp.where(kept, queue_start, jnp.where(is_victim, victim_start, ttft))
     tokens_before = jnp.where(kept, jnp.minimum(outputs - 1.0, shrink_age),
                               jnp.where(is_victim, jnp.minimum(outputs - 1.0, victim_age), 0.0))
@@ -919,8 +993,9 @@ def concurrency_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp,
     tail = tail_preemptions(inputs, moments, running, headroom)
     uncovered = uncovered_growth_share(inputs, moments, jnp.minimum(running, budget))
     thrash = jnp.where(waiting, tail.per_request * uncovered, 0.0)
+    victim_context = _victim_context(tail, thrash, recomputed_per_completion(moments, uncovered, headroom))
 
-    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, tail.victim_context)
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context)
     completion_rate = steady.decodes / steady.step.total / moments.mean_output
     # Little's law gives the time a client spends without a running request. Part of it
     # comes after the first token. A request admitted at the end of a full pool is

@@ -38,6 +38,9 @@ c blocks, and growth g blocks per round, the expected deficit per round is
 E[(g - c N)^+] for N ~ Poisson(lambda); free headroom h blocks absorbs it with
 probability 1 - exp(-h lambda / g). The churn costs a recomputation of each victim's
 context but leaves the state unchanged.
+
+Step time. A step's rounds carry its prefill in bursts, one per completion or arrival,
+and are timed like the closed form's steady rounds (``scheduling.bursty_round``).
 """
 
 from __future__ import annotations
@@ -53,6 +56,7 @@ import numpy as np
 
 from kvplan.costmodel.hardware import apply_expert_parallel, kv_memory, round_time, select_layout
 from kvplan.costmodel.inputs import ConfigBatch, ModelInputs
+from kvplan.costmodel.scheduling import bursty_round
 
 # Buckets of the age grid. The bucket width (``delta``, in tokens and in rounds per step)
 # is the longest output divided by this, rounded up. With 256 buckets a run of the
@@ -279,8 +283,13 @@ def _step(inputs: ModelInputs, grid: Grid, workload: Workload, layout, memory, t
                + admitted * grid.mean_prompt * grid.mean_prompt) / jnp.maximum(prefill_tokens, 1e-9),
         0.0,
     )
-    step = round_time(inputs, layout, tp, pp, decodes, prefill_tokens / rounds, prefill_requests / rounds,
-                      decodes * mean_context, prefill_context)
+    # Admissions follow completions (or, in an open loop, arrivals) in bursts, each
+    # prefilled whole, so the rounds are timed as in the closed form (``bursty_round``).
+    # With neither, as in the fill of a batch, the prefill runs at an even pace.
+    bursts = jnp.maximum(completions, arrivals) / rounds
+    step = bursty_round(inputs, layout, tp, pp, max_num_batched_tokens, decodes, bursts, prefill_tokens / rounds,
+                        prefill_requests / rounds / jnp.maximum(bursts, 1e-9), decodes * mean_context,
+                        prefill_context)
     active = ~state.done
     seconds = jnp.where(active, rounds * step.total, 0.0)
     hbm_share = (step.weight_read + step.kv_read) / jnp.maximum(step.total, 1e-30)
