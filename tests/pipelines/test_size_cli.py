@@ -11,6 +11,7 @@ import pytest
 
 import kvplan
 from kvplan.commands.size import replica_counts
+from kvplan.costmodel.attribution import RESOURCE_LABELS
 
 LLAMA_PLAN = Path(__file__).resolve().parents[2] / "examples" / "h200-reasoning" / "llama-8b-1xh200.yaml"
 
@@ -109,6 +110,16 @@ def test_size_csv_rows(size_runs):
     assert [row["gpus"] for row in rows] == ["8", "16"]
     assert [row["status"] for row in rows] == ["sla_missed", "met"]
     assert [float(row["cost_per_hour"]) for row in rows] == [20.0, 40.0]
+
+
+def test_size_names_bottleneck_in_words(size_runs):
+    csv_rows = list(csv.DictReader(io.StringIO(size_runs["csv"].stdout)))
+    met = table_rows(size_runs["table"].stdout, "2")[0]
+
+    label = csv_rows[1]["bottleneck_label"]
+
+    assert label in RESOURCE_LABELS.values()
+    assert label in met
 
 
 def test_size_markdown_table(size_runs):

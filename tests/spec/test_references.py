@@ -70,6 +70,20 @@ def test_unknown_node_name_mentions_catalog(write, model_8b_path: Path) -> None:
     assert "it is not a built-in node either (h100-sxm-8, h200-sxm-8)" in issues[0].message
 
 
+def test_misspelt_node_name_gets_suggestion(write, model_8b_path: Path) -> None:
+    write("workload.yaml", WORKLOAD)
+    plan = write("plan.yaml", plan_text(str(model_8b_path), "workload.yaml", node="h200-sxm8"))
+    issues = raised_issues(load_plan, plan)
+    assert issues[0].message.endswith("; did you mean 'h200-sxm-8'?")
+
+
+def test_node_file_name_gets_no_suggestion(write, model_8b_path: Path) -> None:
+    write("workload.yaml", WORKLOAD)
+    plan = write("plan.yaml", plan_text(str(model_8b_path), "workload.yaml", node="nodes/custom.yaml"))
+    issues = raised_issues(load_plan, plan)
+    assert "did you mean" not in issues[0].message
+
+
 def test_every_missing_reference_reported(write) -> None:
     plan = write("plan.yaml", plan_text("m.yaml", "w.yaml", node="n.yaml"))
     paths = [issue.path for issue in raised_issues(load_plan, plan)]

@@ -450,10 +450,12 @@ def _render_csv(sizing: Sizing) -> str:
         row = {renamed.get(key, key): value for key, value in deployment_fields(step.deployment).items()
                if key != "cost_per_million_tokens"}
         row.update({key: ("" if value is None else value) for key, value in _step_fields(step).items()})
+        row["bottleneck_label"] = (step.deployment.bottleneck if step.deployment is not None else None) or ""
         rows.append(row)
     step_keys = ["nodes", "gpus", "status", "reason", "max_arrival_rate_per_s", "cost_per_hour",
                  "cost_per_million_tokens"]
-    return render_csv([*step_keys, *(key for key in deployment_keys if key not in step_keys)], rows)
+    keys = [*step_keys, *(key for key in deployment_keys if key not in step_keys), "bottleneck_label"]
+    return render_csv(keys, rows)
 
 
 def _render_table(args: argparse.Namespace, sizing: Sizing) -> str:
@@ -508,7 +510,7 @@ def _render_table(args: argparse.Namespace, sizing: Sizing) -> str:
                 format_count(metrics.get("output_tokens_per_s")),
                 format_seconds((metrics.get("ttft_s") or {}).get("p99")),
                 format_seconds((metrics.get("tpot_s") or {}).get("p99")),
-                str(metrics.get("bottleneck", "-")),
+                deployment.bottleneck or str(metrics.get("bottleneck", "-")),
             ]
             if show_cost:
                 row += [format_dollars(fleet_cost_per_hour(step)),
@@ -642,10 +644,11 @@ def _render_node_types_csv(ranked: list[Sizing]) -> str:
         row = {"rank": rank, **_node_type_fields(sizing)}
         fields = deployment_fields(chosen.deployment if chosen is not None else None, optional)
         row.update({key: value for key, value in fields.items() if key not in row})
+        row["bottleneck_label"] = chosen.deployment.bottleneck if chosen is not None and chosen.deployment else None
         rows.append({key: ("" if value is None else value) for key, value in row.items()})
     keys = ["rank", "node", "price_per_gpu_hour", "nodes", "gpus", "cost_per_hour", "cost_per_million_tokens",
             "reason"]
-    fields = [*DEPLOYMENT_FIELDS[:6], *optional, *DEPLOYMENT_FIELDS[6:]]
+    fields = [*DEPLOYMENT_FIELDS[:6], *optional, *DEPLOYMENT_FIELDS[6:], "bottleneck_label"]
     return render_csv([*keys, *(key for key in fields if key not in keys)], rows)
 
 

@@ -8,6 +8,7 @@ collects issues instead of stopping at the first one.
 from __future__ import annotations
 
 import copy
+import difflib
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -205,6 +206,9 @@ class LoadSession:
             message = f"{role} file {reference!r} not found (looked for {display_path})"
             if kind == "Node":
                 message += f"; it is not a built-in node either ({', '.join(sorted(CATALOG))})"
+                close = difflib.get_close_matches(str(reference), list(CATALOG), n=1, cutoff=0.6)
+                if close:
+                    message += f"; did you mean {close[0]!r}?"
             self.report(referrer, path, message)
             return None
         except (IsADirectoryError, NotADirectoryError):
