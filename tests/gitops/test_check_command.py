@@ -142,6 +142,20 @@ def test_check_fails_deployment_that_does_not_fit(chat_plan) -> None:
     assert " is infeasible: weights do not fit: " in outcome.reasons[0]
 
 
+def test_check_ranks_deployed_first_among_ties(chat_plan) -> None:
+    # On the chat plan the cost depends on the GPUs only, so max_num_seqs 128 and 256
+    # on one GPU tie exactly. The deployed one (256) must rank first between them.
+    outcome = check_plan(chat_plan, max_regret=0.1, exhaustive=True)
+    tied = [ranked for ranked in outcome.result.results
+            if ranked.objective_value == outcome.deployed.objective_value]
+
+    assert outcome.deployed.evaluation.config.max_num_seqs == 256
+    assert outcome.deployed.rank == 1
+    assert outcome.best is outcome.deployed
+    assert outcome.regret == 0.0
+    assert tied[0] is outcome.deployed
+
+
 def test_check_deployment_outside_search_space_is_ranked(chat_plan) -> None:
     # max_num_seqs 384 is not a candidate of the plan's search, so check evaluates it apart.
     outside = DeployedConfig(dp=1, tp=1, pp=1, max_num_seqs=384, max_num_batched_tokens=8192,

@@ -229,14 +229,14 @@ def check_plan(
     deployed_evaluation = next((e for e in searched if e.config == deployment), None)
     if deployed_evaluation is None:
         deployed_evaluation = evaluate(plan, [deployment]).results[0].evaluation
-    # The ranking keeps the input order of ties, so listing the deployed deployment first
-    # makes it the best one when another deployment is only as good.
     evaluations = [deployed_evaluation, *(e for e in searched if e is not deployed_evaluation)]
 
-    # Rank the deployed deployment among the searched ones in the order optimize uses.
+    # Rank the deployed deployment among the searched ones in the order optimize uses,
+    # first among deployments that tie with it, so that it is the best one when another
+    # deployment is only as good.
     # NOTE: _rank is private to kvplan.optimizer.search. A public ranking function there
     # would let this module stop reaching into it.
-    ranking = _rank(plan, evaluations)
+    ranking = _rank(plan, evaluations, first_on_ties=deployed_evaluation)
     deployed = next(ranked for ranked in ranking if ranked.evaluation is deployed_evaluation)
     best = next((ranked for ranked in ranking if ranked.evaluation.feasible and ranked.sla_met), None)
     table_rows = (deployed,) if best is None or best is deployed else (best, deployed)

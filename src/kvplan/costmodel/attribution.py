@@ -86,8 +86,9 @@ def time_components(inputs, layout, tp, pp, dp, max_num_batched_tokens, replica)
     with_recompute = replica.step.total
     steady_share = jnp.clip((with_recompute - clean.total) / jnp.maximum(with_recompute, 1e-30), 0.0, 1.0)
     # Below 0.1 % the steady difference is float32 rounding of two equal rounds.
-    # NOTE: a batch replica that admits all its requests at once recomputes its
-    # preempted requests in the drain, not in the steady round, so that is not counted.
+    # NOTE: a batch replica that runs as one cohort (all its requests admitted at once,
+    # their lockstep demand fitting the pool) has no steady round, so any recomputation in
+    # its drain is not counted.
     recomputation = jnp.where(steady_share > STEADY_RECOMPUTE_MIN_SHARE, steady_share, 0.0)
     engine_parts = jnp.concatenate([parts * (1.0 - recomputation), recomputation[None]])
 

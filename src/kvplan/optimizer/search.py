@@ -185,11 +185,12 @@ def config_order(config: Deployment) -> tuple:
     return tuple(key)
 
 
-def _sort_key(direction: str, ranked: RankedDeployment) -> tuple:
+def _sort_key(direction: str, ranked: RankedDeployment, first_on_ties: Evaluation | None = None) -> tuple:
     """Order: SLA met, then SLA missed (keeping up before not, fewer misses first), then
-    infeasible; within a group by objective, then by fewer GPUs, then by the settings."""
+    infeasible; within a group by objective, then by fewer GPUs, then ``first_on_ties``,
+    then by the settings."""
     evaluation = ranked.evaluation
-    order = config_order(evaluation.config)
+    order = (evaluation is not first_on_ties, config_order(evaluation.config))
     if not evaluation.feasible:
         return (2, False, 0, 0.0, evaluation.config.gpus, order)
     value = ranked.objective_value
@@ -201,7 +202,8 @@ def _sort_key(direction: str, ranked: RankedDeployment) -> tuple:
             order)
 
 
-def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeployment]:
+def _rank(plan: Plan, evaluations: Iterable[Evaluation], first_on_ties: Evaluation | None = None,
+          ) -> list[RankedDeployment]:
     direction, metric = _objective_direction(plan)
     unranked = []
     for evaluation in evaluations:
@@ -210,7 +212,7 @@ def _rank(plan: Plan, evaluations: Iterable[Evaluation]) -> list[RankedDeploymen
         sla_met = evaluation.feasible and not violations
         unranked.append(RankedDeployment(0, evaluation, sla_met, violations, value,
                                          bottleneck_label(plan, evaluation)))
-    unranked.sort(key=lambda ranked: _sort_key(direction, ranked))
+    unranked.sort(key=lambda ranked: _sort_key(direction, ranked, first_on_ties))
     return [dataclasses.replace(ranked, rank=i + 1) for i, ranked in enumerate(unranked)]
 
 
