@@ -266,3 +266,11 @@ def test_proposals_respect_limit(example_plans):
     ranked = evaluate_one(plan, {"dp": 8})
 
     assert len(proposals_for(plan, ranked, limit=2)) == 2
+
+
+@pytest.mark.parametrize(("running", "text"), [(1.0, "1 running request"), (1.2, "1 running request"),
+                                               (2.0, "2 running requests"), (1517.4, "1,517 running requests")])
+def test_running_request_count_wording(running, text):
+    from kvplan.costmodel.attribution import _running_requests
+
+    assert _running_requests(running) == text

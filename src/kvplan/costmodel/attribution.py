@@ -259,12 +259,12 @@ def _resource_detail(resource: str, deployment: Deployment, metrics: dict[str, A
                 f"has room for about {fits:,.0f}")
     if resource == "token_budget":
         return (f"max_num_batched_tokens {deployment.max_num_batched_tokens:,} caps the tokens of each step "
-                f"below what the {running:,.0f} running requests and their prefills need")
+                f"below what the {_running_requests(running)} and their prefills need")
     engine = metrics.get("engine_time_shares") or {}
     if resource == "hbm_bandwidth":
         return (f"reading HBM takes {_format_share(shares.get('hbm_bandwidth', 0.0))} of each step "
                 f"(weights {_format_share(engine.get('weight_read', 0.0))}, KV cache "
-                f"{_format_share(engine.get('kv_read', 0.0))}) with {running:,.0f} running requests per replica")
+                f"{_format_share(engine.get('kv_read', 0.0))}) with {_running_requests(running)} per replica")
     if resource == "compute":
         return (f"matrix work at the achieved FLOP rate takes {_format_share(shares.get('compute', 0.0))} "
                 "of each step")
@@ -276,7 +276,12 @@ def _resource_detail(resource: str, deployment: Deployment, metrics: dict[str, A
             text += f", EP dispatch and combine {_format_share(engine.get('ep_dispatch_combine', 0.0))}"
         return text + ")"
     return (f"host and fixed per-layer kernel time take {_format_share(shares.get('engine_overhead', 0.0))} "
-            f"of each step with {running:,.0f} running requests per replica")
+            f"of each step with {_running_requests(running)} per replica")
+
+
+def _running_requests(running: float) -> str:
+    count = f"{running:,.0f}"
+    return f"{count} running request" if count == "1" else f"{count} running requests"
 
 
 def bottleneck(plan: Plan, evaluation: Evaluation) -> Bottleneck | None:
