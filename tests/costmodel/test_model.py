@@ -224,3 +224,30 @@ def test_concurrency_mode_throughput_flat_once_kv_bound(concurrency_sweep):
         low = concurrency_sweep[fewer]["output_tokens_per_s"]
         high = concurrency_sweep[more]["output_tokens_per_s"]
         assert high <= low * (1 + 1e-6), f"{more} clients give {high:.0f} tokens/s, {fewer} give {low:.0f}"
+
+
+# --- A batch that refills without filling the pool --------------------------------------
+
+
+def test_short_batch_below_pool_runs_without_preemption(example_plans):
+    # 2,000 requests and max_num_seqs 1,024 against a steady count of about 900: the first
+    # 1,024 grow together and are replaced gradually, so the pool never fills.
+    ranked = evaluate_one(example_plans["qwen-32b-8xh200"], {"tp": 4, "pp": 2, "max_num_seqs": 1024})
+    metrics = ranked.evaluation.metrics
+
+    assert metrics["preemptions"] == 0.0
+    assert metrics["binding_resource"] == "max_num_seqs"
+    assert metrics["running_requests_per_replica"] == pytest.approx(1024.0)
+    assert metrics["peak_kv_usage"] < 1.0
+
+
+def test_long_batch_reaches_steady_mix_and_preempts(example_plans):
+    # The same deployment with ten times the requests reaches the steady mix of ages,
+    # whose KV demand overflows the pool.
+    plan = with_workload(example_plans["qwen-32b-8xh200"], requests=20000)
+    ranked = evaluate_one(plan, {"tp": 4, "pp": 2, "max_num_seqs": 1024})
+    metrics = ranked.evaluation.metrics
+
+    assert metrics["preemptions"] > 1000
+    assert metrics["binding_resource"] == "kv_capacity"
+    assert metrics["running_requests_per_replica"] < 1024.0

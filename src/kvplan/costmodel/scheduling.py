@@ -349,7 +349,7 @@ class _Round(NamedTuple):
 
 
 def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, moments, thrash,
-                  victim_context=None):
+                  victim_context=None, context=None):
     """A round at steady state: ``running`` requests, admissions replacing completions.
 
     Each decoded token brings (E[p] + thrash x victim_context) / E[o] prefill tokens
@@ -360,6 +360,8 @@ def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, momen
     """
     if victim_context is None:
         victim_context = moments.running_context
+    if context is None:
+        context = moments.running_context
     prefill_per_decode = (moments.mean_prompt + thrash * victim_context) / moments.mean_output
     budget_decodes = max_num_batched_tokens / (1.0 + prefill_per_decode)
     # A round runs whole requests. Below one running request the replica idles between
@@ -372,7 +374,7 @@ def _steady_round(inputs, layout, tp, pp, max_num_batched_tokens, running, momen
     prefill_requests = completions * (1.0 + thrash)
     prefill_context = 0.5 * (moments.mean_prompt + thrash * victim_context) / (1.0 + thrash)
     step = bursty_round(inputs, layout, tp, pp, max_num_batched_tokens, busy_decodes, completions, prefill,
-                        1.0 + thrash, busy_decodes * moments.running_context, prefill_context)
+                        1.0 + thrash, busy_decodes * context, prefill_context)
     token_time = step.total * busy / busy_decodes
     prefill_wait = jnp.maximum(busy - busy_decodes, 0.0) * step.total / jnp.maximum(prefill_requests, 1e-9)
     decodes = busy_decodes * jnp.minimum(running, 1.0)
@@ -601,6 +603,52 @@ def _lockstep_victims(inputs: ModelInputs, moments: Moments, requests, usable):
     return (requests - first) * jnp.mean(survival), mean_age
 
 
+# Points of the age grid on which ``_refill_demand`` follows a batch's KV demand.
+REFILL_POINTS = 128
+
+
+def _refill_demand(inputs: ModelInputs, moments: Moments, first, requests):
+    """Return the peak KV demand of a refilled batch, in tokens, and a running request's mean context.
+
+    The batch starts ``first`` requests at once and admits the rest one per completion
+    until all ``requests`` have started, and every running request grows one token a
+    round. So on a grid of rounds the admissions a(t) follow a renewal equation: they
+    equal the completions while requests remain, and the completions are those of the
+    first requests at their output lengths plus those of the requests admitted before.
+    The demand is the sum of prompt + age over the running requests. A batch of a few
+    generations can stay below the pool even when its steady mix of ages would overflow
+    it, because the first requests grow together and are replaced only gradually. For
+    the same reason their mean context while requests wait is below the steady one.
+    """
+    o = inputs.output_values
+    w = inputs.output_probabilities
+    longest = jnp.max(jnp.where(w > 0, o, 0.0))
+    step = 2.0 * longest / REFILL_POINTS
+    t = jnp.arange(REFILL_POINTS, dtype=jnp.float32) * step
+    # Completions in (t - step, t] and survivors beyond t, per request started at 0.
+    survival = jnp.sum(jnp.where(o[None, :] > t[:, None], w[None, :], 0.0), axis=1)
+    ended = jnp.concatenate([jnp.zeros(1), survival[:-1] - survival[1:]])
+    held = survival * (moments.new_request_tokens + t)
+    queued = jnp.maximum(requests - first, 0.0)
+
+    def admit(carry, j):
+        admitted, total = carry
+        lag = j - jnp.arange(REFILL_POINTS)
+        completions = first * ended[j] + jnp.sum(jnp.where(lag > 0, admitted * ended[jnp.clip(lag, 0)], 0.0))
+        now = jnp.minimum(completions, jnp.maximum(queued - total, 0.0))
+        return (admitted.at[j].set(now), total + now), None
+
+    (admitted, _), _ = jax.lax.scan(admit, (jnp.zeros(REFILL_POINTS), 0.0), jnp.arange(REFILL_POINTS))
+    lag = jnp.arange(REFILL_POINTS)[:, None] - jnp.arange(REFILL_POINTS)[None, :]
+    demand = first * held + jnp.sum(jnp.where(lag >= 0, admitted[None, :] * held[jnp.clip(lag, 0)], 0.0), axis=1)
+    # While requests wait, ``first`` requests run; their mean context over that time.
+    waiting = (jnp.cumsum(admitted) < queued * (1.0 - 1e-4)) & (queued > 0)
+    mean_context = jnp.where(jnp.any(waiting),
+                             jnp.sum(jnp.where(waiting, demand, 0.0)) / jnp.maximum(jnp.sum(waiting) * first, 1e-9),
+                             moments.running_context)
+    return jnp.max(demand), mean_context
+
+
 def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, pp,
                   max_num_seqs, max_num_batched_tokens) -> ReplicaResult:
     """Offline batch: every request submitted at t = 0, split evenly over replicas.
@@ -618,24 +666,29 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
 
     demand = jnp.minimum(running_limit(max_num_seqs, budget), requests)
     kv_running = usable / moments.running_context
-    running = jnp.minimum(demand, kv_running)
-    kv_bound = demand > kv_running
+    # A batch whose refills never fill the pool is not bound by it, whatever its steady mix.
+    refill_peak, refill_context = _refill_demand(inputs, moments, demand, requests)
+    never_full = refill_peak <= usable
+    running = jnp.where(never_full, demand, jnp.minimum(demand, kv_running))
+    kv_bound = ~never_full & (demand > kv_running)
     admitted = jnp.minimum(demand, usable / moments.new_request_tokens)
     # A replica admitted whole runs as one cohort only while its KV demand fits. Once it
     # overflows, LIFO preemption keeps the oldest requests running and makes the newest
     # wait, so the replica behaves like a queue, not like an even share of the pool.
     single_cohort = (admitted >= requests) & (_lockstep_peak(inputs, moments, requests) <= usable)
 
-    headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
+    headroom = inputs.watermark * capacity + jnp.where(
+        never_full, usable - refill_peak, jnp.maximum(usable - demand * moments.running_context, 0.0))
     # Each queued request is admitted at the end of a full pool and preempted as the
     # requests ahead of it outgrow its slack, less the growth that the previous round's
     # completions cover. The victims are those at the end of the running set, and
     # together they hold the growth that completions do not cover.
     tail = tail_preemptions(inputs, moments, running, headroom)
     uncovered = uncovered_growth_share(inputs, moments, jnp.minimum(running, budget))
-    thrash = jnp.where(single_cohort, 0.0, tail.per_request * uncovered)
+    thrash = jnp.where(single_cohort | never_full, 0.0, tail.per_request * uncovered)
     victim_context = _victim_context(tail, thrash, recomputed_per_completion(moments, uncovered, headroom))
-    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context)
+    steady = _steady_round(inputs, layout, tp, pp, budget, running, moments, thrash, victim_context,
+                           jnp.where(never_full, refill_context, moments.running_context))
     tokens_per_s = steady.decodes / steady.step.total
     completion_rate = tokens_per_s / moments.mean_output
     preempted_s = jnp.where(single_cohort, 0.0,
@@ -699,7 +752,8 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     # A single cohort binds on KV only if its lockstep demand outgrows the pool.
     kv_bound = jnp.where(single_cohort, drain.peak_usage > 1.0, kv_bound)
     peak_usage = jnp.clip(jnp.where(single_cohort, drain.peak_usage,
-                                    jnp.where(kv_bound, 1.0, running * moments.running_context / capacity)),
+                                    jnp.where(kv_bound, 1.0, jnp.where(never_full, refill_peak,
+                                                                       running * moments.running_context) / capacity)),
                           0.0, 1.0)
 
     # A queued request's prompt takes its own prefill rounds once it is admitted.
