@@ -191,6 +191,21 @@ def test_study_of_changed_plan_rejected(plan, tmp_path):
     assert "differ in sla" in str(raised.value)
 
 
+def test_study_of_another_cost_model_warns_on_resume(plan, tmp_path, caplog):
+    storage = f"sqlite:///{tmp_path}/study.db"
+    kvplan.optimize(plan, trials=5, seed=0, storage=storage)
+    with caplog.at_level("WARNING", logger="kvplan"):
+        kvplan.optimize(plan, trials=5, seed=0, storage=storage)
+    assert "another version of kvplan's cost model" not in caplog.text
+
+    with studies.opened_storage(storage) as opened:
+        optuna.load_study(study_name=plan.name, storage=opened).set_user_attr(studies.MODEL_SHA256_ATTR, "0" * 64)
+    with caplog.at_level("WARNING", logger="kvplan"):
+        kvplan.optimize(plan, trials=5, seed=0, storage=storage)
+    assert "another version of kvplan's cost model" in caplog.text
+    assert "--study-name" in caplog.text
+
+
 def test_study_resumes_with_config_at_another_path(plan, tmp_path):
     # Hosts of one study, or one host run from another folder, see the model's
     # config.json at another path; its content, not its path, must match.

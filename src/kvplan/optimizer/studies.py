@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -53,6 +54,8 @@ OBJECTIVE_ATTR = "kvplan.objective"
 # Canonical metric names of a multi-objective study, in the order of its directions.
 # A single-objective study has no such attribute, and the plan's objective ranks it.
 OBJECTIVES_ATTR = "kvplan.objectives"
+# Digest of the cost model's source: trials stored by another version keep its predictions.
+MODEL_SHA256_ATTR = "kvplan.model_sha256"
 
 # Trial user attributes: the deployment as a dict, and the prediction with the part of
 # the search that produced the trial ("tpe" or "polish").
@@ -441,6 +444,20 @@ def plan_sha256(plan: Plan) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+@functools.cache
+def model_sha256() -> str:
+    """Return a digest of the cost model's source files, which set every prediction."""
+    from importlib import resources
+
+    digest = hashlib.sha256()
+    package = resources.files("kvplan.costmodel")
+    for entry in sorted(package.iterdir(), key=lambda item: item.name):
+        if entry.name.endswith(".py"):
+            digest.update(entry.name.encode())
+            digest.update(entry.read_bytes())
+    return digest.hexdigest()
+
+
 def _plan_differences(stored: dict[str, Any], plan: Plan) -> list[str]:
     stored = _comparable(stored)
     current = _comparable(plan_document(plan))
@@ -498,6 +515,7 @@ def create_or_load_study(
         else:
             study.set_user_attr(OBJECTIVES_ATTR, list(objectives))
         study.set_user_attr(PLAN_ATTR, plan_document(plan))
+        study.set_user_attr(MODEL_SHA256_ATTR, model_sha256())
         study.set_user_attr(PLAN_SHA256_ATTR, fingerprint)
         return study
     # Studies stored by earlier versions have a digest that covers the config path too,
@@ -511,6 +529,11 @@ def create_or_load_study(
             f"optuna delete-study --study-name {name!r} --storage URL"
         )
     _check_objectives(name, storage_display, attrs, plan, objectives)
+    if attrs.get(MODEL_SHA256_ATTR) != model_sha256():
+        logger.warning(
+            "study %r in %s was made by another version of kvplan's cost model; its stored trials keep "
+            "that version's predictions and may rank differently from new ones. Choose another "
+            "--study-name to search with the current model alone", name, storage_display)
     stored_directions = [direction.name.lower() for direction in study.directions]
     if stored_directions != list(directions):
         raise KvplanError(
