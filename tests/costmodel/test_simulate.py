@@ -195,3 +195,22 @@ def test_fluid_preemptions_match_reference(case_name):
     allowed = max(PREEMPTION_RELATIVE_TOLERANCE * reference["preemptions"], PREEMPTION_ABSOLUTE_TOLERANCE)
     assert difference <= allowed, (
         f"{case_name}: preemptions fluid {summary['preemptions']:.0f}, reference {reference['preemptions']:.0f}")
+
+
+def test_open_loop_series_stop_at_each_run_end():
+    # Under an arrival rate a run stops at its horizon, not because its work is done, so
+    # its series must not read 0 (an idle engine) past that point.
+    plan = kvplan.load_plan(REPO_ROOT / "examples" / "gitops" / "plans" / "chat-8b.yaml")
+    simulation = simulate(plan, [{"tp": 1}, {"tp": 2}])
+    times, series = simulation.series(SERIES_POINTS)
+    ends = [run.records["time_s"][-1] for run in simulation.runs]
+    # The check below needs a run that stops well before the other.
+    assert min(ends) < 0.9 * max(ends)
+    for row, run in enumerate(simulation.runs):
+        assert run.feasible
+        end = run.records["time_s"][-1]
+        before = times <= end
+        after = times - (times[1] - times[0]) >= end
+        assert np.all(np.isfinite(series["output_tokens_per_s"][row][before]))
+        assert np.all(np.isnan(series["output_tokens_per_s"][row][after]))
+        assert np.all(np.isnan(series["running_requests"][row][after]))

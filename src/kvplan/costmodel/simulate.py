@@ -501,22 +501,28 @@ def resample(run: ConfigRun, edges: np.ndarray) -> dict[str, np.ndarray]:
     tokens = np.diff(cumulative("output_tokens")) * dp
     preemptions = np.diff(cumulative("preemptions")) * dp
     end = times[-1]
-    # Past a run's end nothing runs; its levels read 0 there.
     inside = np.clip((np.minimum(edges[1:], end) - edges[:-1]) / widths, 0.0, 1.0)
     covered = np.maximum(inside * widths, 1e-30)
+    # Past the end of a batch that finished nothing runs, so its series read 0 there. A
+    # run stopped at its horizon (an arrival rate, clients, or a batch cut short) was not
+    # simulated past it, so its series end there, and the interval that holds the end
+    # averages over the simulated part only.
+    finished = run.summary.get("makespan_s") is not None
+    after_end = np.nan if not finished else 0.0
+    simulated = inside > 0
 
     def level(name, scale=1.0):
         averaged = np.diff(cumulative(name)) / covered * scale
-        return np.where(inside > 0, averaged, 0.0)
+        return np.where(simulated, averaged, after_end)
 
     return {
-        "output_tokens_per_s": tokens / widths,
+        "output_tokens_per_s": np.where(simulated, tokens / (widths if finished else covered), after_end),
         "kv_cache_usage": level("kv_integral"),
         "running_requests": level("running_integral", dp),
         "waiting_requests": level("waiting_integral", dp),
-        "preemptions": preemptions,
-        "cumulative_preemptions": cumulative("preemptions")[1:] * dp,
-        "hbm_share": np.where(inside > 0, level("hbm_integral"), np.nan),
+        "preemptions": np.where(simulated, preemptions, after_end),
+        "cumulative_preemptions": np.where(simulated | finished, cumulative("preemptions")[1:] * dp, np.nan),
+        "hbm_share": np.where(simulated, level("hbm_integral"), np.nan),
     }
 
 
