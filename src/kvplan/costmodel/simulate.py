@@ -505,7 +505,7 @@ def resample(run: ConfigRun, edges: np.ndarray) -> dict[str, np.ndarray]:
     covered = np.maximum(inside * widths, 1e-30)
     # Past the end of a batch that finished nothing runs, so its series read 0 there. A
     # run stopped at its horizon (an arrival rate, clients, or a batch cut short) was not
-    # simulated past it, so its series end there, and the interval that holds the end
+    # simulated past it, so its series end there, and the interval in which it ends
     # averages over the simulated part only.
     finished = run.summary.get("makespan_s") is not None
     after_end = np.nan if not finished else 0.0
