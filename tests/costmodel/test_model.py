@@ -229,7 +229,7 @@ def test_concurrency_mode_throughput_flat_once_kv_bound(concurrency_sweep):
 # --- A batch that refills without filling the pool --------------------------------------
 
 
-def test_short_batch_below_pool_runs_without_preemption(example_plans):
+def test_short_batch_never_fills_pool(example_plans):
     # 2,000 requests and max_num_seqs 1,024 against a steady count of about 900: the first
     # 1,024 grow together and are replaced gradually, so the pool never fills.
     ranked = evaluate_one(example_plans["qwen-32b-8xh200"], {"tp": 4, "pp": 2, "max_num_seqs": 1024})
@@ -241,7 +241,7 @@ def test_short_batch_below_pool_runs_without_preemption(example_plans):
     assert metrics["peak_kv_usage"] < 1.0
 
 
-def test_long_batch_reaches_steady_mix_and_preempts(example_plans):
+def test_long_batch_overflows_pool(example_plans):
     # The same deployment with ten times the requests reaches the steady mix of ages,
     # whose KV demand overflows the pool.
     plan = with_workload(example_plans["qwen-32b-8xh200"], requests=20000)

@@ -197,7 +197,7 @@ def test_fluid_preemptions_match_reference(case_name):
         f"{case_name}: preemptions fluid {summary['preemptions']:.0f}, reference {reference['preemptions']:.0f}")
 
 
-def test_open_loop_series_stop_at_each_run_end():
+def test_open_loop_series_end_with_run():
     # Under an arrival rate a run stops at its horizon, not because its work is done, so
     # its series must not read 0 (an idle engine) past that point.
     plan = kvplan.load_plan(REPO_ROOT / "examples" / "gitops" / "plans" / "chat-8b.yaml")

@@ -191,7 +191,7 @@ def test_study_of_changed_plan_rejected(plan, tmp_path):
     assert "differ in sla" in str(raised.value)
 
 
-def test_study_of_another_cost_model_warns_on_resume(plan, tmp_path, caplog):
+def test_resume_warns_on_model_change(plan, tmp_path, caplog):
     storage = f"sqlite:///{tmp_path}/study.db"
     kvplan.optimize(plan, trials=5, seed=0, storage=storage)
     with caplog.at_level("WARNING", logger="kvplan"):

@@ -113,7 +113,7 @@ EXAMPLE_SEEDS = (0, 1)
 
 
 def render_examples() -> str:
-    """Makespan and preemptions of example plans, cost model against reference."""
+    """Return a Markdown table of makespan and preemptions of example plans, cost model against reference."""
     import kvplan
     from kvplan.costmodel.evaluate import CostModel
     from kvplan.optimizer.search import _as_deployment

@@ -125,7 +125,10 @@ def running_limit(max_num_seqs, max_num_batched_tokens):
 
 
 def preemptions_per_completion(moments: Moments, headroom_tokens):
-    """Preempted requests per completed one when ``headroom_tokens`` are kept free, victims holding a running context."""
+    """Return the preempted requests per completed one when ``headroom_tokens`` are kept free.
+
+    Each victim is taken to hold a running context.
+    """
     return recomputed_per_completion(moments, 1.0, headroom_tokens) / moments.running_context
 
 
@@ -143,7 +146,7 @@ def recomputed_per_completion(moments: Moments, uncovered, headroom_tokens):
 
 
 def _victim_context(tail, thrash, recomputed):
-    """KV tokens per victim: the recomputed tokens per completion over the preemptions per completion."""
+    """Return the KV tokens per victim: recomputed tokens per completion over preemptions per completion."""
     return jnp.where(thrash > 1e-6, recomputed / jnp.maximum(thrash, 1e-6), tail.victim_context)
 
 
@@ -591,12 +594,7 @@ def _lockstep_victims(inputs: ModelInputs, moments: Moments, requests, usable):
     preempted if it is still running at the age where it first overflows the pool (see
     ``_lockstep_overflow``).
     """
-    o = inputs.output_values
-    w = inputs.output_probabilities
-    at_least = jnp.sum(jnp.where(o[None, :] >= o[:, None], w[None, :], 0.0), axis=1)
-    peak = jnp.maximum(jnp.max(jnp.where(w > 0, at_least * (moments.new_request_tokens + o), 0.0)),
-                       moments.new_request_tokens)
-    first = jnp.minimum(usable / peak, requests)
+    first = jnp.minimum(usable / _lockstep_peak(inputs, moments, 1.0), requests)
     u = (jnp.arange(VICTIM_ORDER_POINTS, dtype=jnp.float32) + 0.5) / VICTIM_ORDER_POINTS
     age, survival = _lockstep_overflow(inputs, moments, first + (requests - first) * u, usable)
     mean_age = jnp.sum(jnp.where(survival > 0, survival * age, 0.0)) / jnp.maximum(jnp.sum(survival), 1e-9)
@@ -628,7 +626,7 @@ def _refill_demand(inputs: ModelInputs, moments: Moments, first, requests):
     # Completions in (t - step, t] and survivors beyond t, per request started at 0.
     survival = jnp.sum(jnp.where(o[None, :] > t[:, None], w[None, :], 0.0), axis=1)
     ended = jnp.concatenate([jnp.zeros(1), survival[:-1] - survival[1:]])
-    held = survival * (moments.new_request_tokens + t)
+    tokens_per_start = survival * (moments.new_request_tokens + t)  # KV of one request started at 0
     queued = jnp.maximum(requests - first, 0.0)
 
     def admit(carry, j):
@@ -640,7 +638,8 @@ def _refill_demand(inputs: ModelInputs, moments: Moments, first, requests):
 
     (admitted, _), _ = jax.lax.scan(admit, (jnp.zeros(REFILL_POINTS), 0.0), jnp.arange(REFILL_POINTS))
     lag = jnp.arange(REFILL_POINTS)[:, None] - jnp.arange(REFILL_POINTS)[None, :]
-    demand = first * held + jnp.sum(jnp.where(lag >= 0, admitted[None, :] * held[jnp.clip(lag, 0)], 0.0), axis=1)
+    demand = first * tokens_per_start + jnp.sum(
+        jnp.where(lag >= 0, admitted[None, :] * tokens_per_start[jnp.clip(lag, 0)], 0.0), axis=1)
     # While requests wait, ``first`` requests run; their mean context over that time.
     waiting = (jnp.cumsum(admitted) < queued * (1.0 - 1e-4)) & (queued > 0)
     mean_context = jnp.where(jnp.any(waiting),
@@ -677,8 +676,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     # wait, so the replica behaves like a queue, not like an even share of the pool.
     single_cohort = (admitted >= requests) & (_lockstep_peak(inputs, moments, requests) <= usable)
 
-    headroom = inputs.watermark * capacity + jnp.where(
-        never_full, usable - refill_peak, jnp.maximum(usable - demand * moments.running_context, 0.0))
+    headroom = inputs.watermark * capacity + jnp.maximum(usable - demand * moments.running_context, 0.0)
     # Each queued request is admitted at the end of a full pool and preempted as the
     # requests ahead of it outgrow its slack, less the growth that the previous round's
     # completions cover. The victims are those at the end of the running set, and
@@ -691,7 +689,7 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
                            jnp.where(never_full, refill_context, moments.running_context))
     tokens_per_s = steady.decodes / steady.step.total
     completion_rate = tokens_per_s / moments.mean_output
-    preempted_s = jnp.where(single_cohort, 0.0,
+    preempted_s = jnp.where(single_cohort | never_full, 0.0,
                             _preempted_seconds(tail, uncovered, thrash, steady, completion_rate))
 
     # Fill: prefill of the first admissions, in rounds of at most the token budget.
@@ -751,9 +749,8 @@ def batch_replica(inputs: ModelInputs, layout: Layout, memory: Memory, dp, tp, p
     )
     # A single cohort binds on KV only if its lockstep demand outgrows the pool.
     kv_bound = jnp.where(single_cohort, drain.peak_usage > 1.0, kv_bound)
-    peak_usage = jnp.clip(jnp.where(single_cohort, drain.peak_usage,
-                                    jnp.where(kv_bound, 1.0, jnp.where(never_full, refill_peak,
-                                                                       running * moments.running_context) / capacity)),
+    unbound_usage = jnp.where(never_full, refill_peak, running * moments.running_context) / capacity
+    peak_usage = jnp.clip(jnp.where(single_cohort, drain.peak_usage, jnp.where(kv_bound, 1.0, unbound_usage)),
                           0.0, 1.0)
 
     # A queued request's prompt takes its own prefill rounds once it is admitted.
@@ -818,8 +815,8 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     first_token = steady.step.total
     # Admissions from the queue are spread over the steady phase, which ends with the
     # last one; this keeps every request's latency within the makespan.
-    kept_count = admitted - victims
-    admission_rate = jnp.maximum(requests - kept_count, 1.0) / jnp.maximum(steady_time, 1e-9)
+    shrink_survivors = admitted - victims
+    admission_rate = jnp.maximum(requests - shrink_survivors, 1.0) / jnp.maximum(steady_time, 1e-9)
     admission_rate = jnp.where(steady_time > 0, admission_rate, completion_rate)
 
     in_fill = order < admitted
@@ -833,15 +830,15 @@ def _batch_latencies(inputs, moments, requests, admitted, running, victims, sing
     # requests are admitted at one rate from the fill to the drain.
     admitting_time = shrink_time + recompute_time + steady_time
     queue_rate = jnp.where(admitting_time > 0,
-                           jnp.maximum(requests - kept_count, 1.0) / jnp.maximum(admitting_time, 1e-9),
+                           jnp.maximum(requests - shrink_survivors, 1.0) / jnp.maximum(admitting_time, 1e-9),
                            completion_rate)
     queued_ttft = fill_time + (order - admitted + victims) / queue_rate + prompt_rounds_time
     ttft = jnp.where(in_fill, fill_ttft, queued_ttft + first_token)
 
     # Where each request starts its steady decoding, and the tokens it already has.
-    kept = order < kept_count
+    kept = order < shrink_survivors
     is_victim = in_fill & ~kept
-    victim_start = queue_start + (order - kept_count) / admission_rate
+    victim_start = queue_start + (order - shrink_survivors) / admission_rate
     # A victim keeps the tokens it had generated when its order first overflowed the pool.
     overflow_age, _ = _lockstep_overflow(inputs, moments, order[:, 0] + 1.0, usable)
     victim_age = jnp.minimum(overflow_age, shrink_age)[:, None]

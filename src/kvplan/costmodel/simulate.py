@@ -508,7 +508,7 @@ def resample(run: ConfigRun, edges: np.ndarray) -> dict[str, np.ndarray]:
     # simulated past it, so its series end there, and the interval in which it ends
     # averages over the simulated part only.
     finished = run.summary.get("makespan_s") is not None
-    after_end = np.nan if not finished else 0.0
+    after_end = 0.0 if finished else np.nan
     simulated = inside > 0
 
     def level(name, scale=1.0):

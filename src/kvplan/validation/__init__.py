@@ -39,15 +39,15 @@ TREND_TOLERANCE = 0.01
 KNOWN_GAPS = (
     "paper-32b-small-tp-wins: DP 8 loses to DP 4 x TP 2 by 1.33x in the model and by 1.77x on "
     "the measured node; the check passes, but at the low end of its band. A per-request "
-    "simulation of vLLM's scheduling rules with the model's own step times also gave 1.33x (one "
-    "seed, 2,000 requests), so the remaining gap is not in the scheduling arithmetic. "
+    "simulation of vLLM's scheduling rules with the model's own step times also gave 1.33x (one draw "
+    "of 2,000 requests), so the remaining gap is not in the scheduling arithmetic. "
     "What else slows eight independent engines on one node (host CPU shared by eight "
     "schedulers, for one) is not modelled.",
     "paper-8b-concurrency-sweep: mean TTFT at max_num_seqs 10,000 is 86 s in the model and "
-    "136 s in the per-request simulation (one seed): the model admits about 8,000 requests in the first "
-    "fill, while in the simulation the pool fills before the fill ends and fewer get their "
-    "first token early. The measured 2.7 s is below both; the source does not say how its "
-    "TTFT was taken.",
+    "136 s in the per-request simulation (one draw of the requests). The model admits about 8,000 "
+    "requests in the first fill, while in the simulation the pool fills before the fill ends and "
+    "fewer get their first token early. The measured 2.7 s is below both; the source does not say "
+    "how its TTFT was taken.",
     "Absolute makespans of the characterization are not comparable across models: each "
     "model wrote its own answers, so only ratios between configurations of one model "
     "are checked.",
